@@ -1,0 +1,225 @@
+"""The one interface the method talks to: :class:`ContrastiveAdapter`.
+
+An adapter wraps a native image-text model (transformers ``CLIPModel`` or an open_clip ``CLIP``) and exposes what
+BI-BAU needs and nothing method-specific: tokenisation, normalised image/text embeddings from images in [0, 1], the
+logit scale, the text token-embedding layer (for soft-token text triggers) and native save.
+
+Images enter as float tensors ``[B, 3, H, W]`` in [0, 1] so that image triggers can act in pixel space and stay
+differentiable; resizing and mean/std normalisation happen inside the adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ContrastiveAdapter(nn.Module):
+    """Backend-neutral wrapper of a CLIP-like dual encoder.
+
+    Subclasses set :attr:`backend` and implement the ``_raw_*`` encoders, :meth:`tokenize` and :meth:`save_native`.
+
+    Args:
+        model: the native model (kept as ``self.model``; it may later be replaced by a peft wrapper of itself).
+        image_size: side length the vision tower expects.
+        image_mean: per-channel mean used for normalisation.
+        image_std: per-channel std used for normalisation.
+    """
+
+    backend: str = ""
+
+    def __init__(
+        self, model: nn.Module, image_size: int, image_mean: Sequence[float], image_std: Sequence[float]
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = int(image_size)
+        self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self._soft_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+        # A forward hook (a public torch mechanism) lets soft text-trigger vectors replace placeholder token
+        # embeddings without re-implementing each backend's text transformer.
+        self.token_embedding.register_forward_hook(self._replace_placeholder_embeddings)
+
+    # ----------------------------------------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return self.image_mean.device
+
+    @property
+    @abstractmethod
+    def token_embedding(self) -> nn.Embedding:
+        """The text tower's token-embedding layer."""
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int:
+        """Maximum number of text tokens (BOS and EOS included)."""
+
+    @property
+    @abstractmethod
+    def placeholder_token_id(self) -> int:
+        """A token id that is neither end-of-text nor the largest id, used to reserve soft-token slots."""
+
+    @property
+    @abstractmethod
+    def eos_token_id(self) -> int:
+        """End-of-text token id."""
+
+    @property
+    @abstractmethod
+    def pad_token_id(self) -> int:
+        """Padding token id."""
+
+    @abstractmethod
+    def logit_scale(self) -> torch.Tensor:
+        """The (exponentiated) temperature of the contrastive logits, a scalar tensor."""
+
+    @property
+    def embed_dim(self) -> int:
+        with torch.no_grad():
+            return int(self.encode_text(self.tokenize(["a"])).shape[-1])
+
+    # ------------------------------------------------------------------------------------------------ backend
+    @abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> torch.LongTensor:
+        """Token ids ``[B, L]`` (BOS ... EOS, padded), truncated to :attr:`context_length`, on :attr:`device`."""
+
+    @abstractmethod
+    def _raw_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Unnormalised image embeddings from already resized and normalised pixels."""
+
+    @abstractmethod
+    def _raw_text_features(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Unnormalised text embeddings from token ids."""
+
+    @abstractmethod
+    def save_native(self, output_dir: str | Path) -> None:
+        """Write the model (safetensors), its tokenizer and its preprocessing config in the backend's format."""
+
+    @property
+    def native_model(self) -> nn.Module:
+        """The underlying transformers/open_clip model, unwrapping a peft wrapper if there is one."""
+        model = self.model
+        get_base = getattr(model, "get_base_model", None)
+        return get_base() if callable(get_base) else model
+
+    # --------------------------------------------------------------------------------------------- encoders
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Resize images in [0, 1] to the model's size and normalise them (differentiable)."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        images = images.to(self.device, torch.float32)
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            images = F.interpolate(
+                images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+            )
+        return (images - self.image_mean) / self.image_std
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Embed images given in [0, 1] (float) or 0..255 (uint8), shape ``[B, 3, H, W]``."""
+        features = self._raw_image_features(self.preprocess(images))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(
+        self,
+        input_ids: torch.Tensor,
+        normalize: bool = True,
+        soft_tokens: torch.Tensor | None = None,
+        soft_position: int = 1,
+    ) -> torch.Tensor:
+        """Embed token ids; optionally insert learned soft-token vectors.
+
+        Args:
+            input_ids: ``[B, L]`` ids from :meth:`tokenize`.
+            normalize: L2-normalise the output.
+            soft_tokens: ``[k, width]`` vectors inserted into every sequence's token-embedding sequence.
+            soft_position: index at which the soft tokens go (1 = right after BOS); clamped to before EOS.
+        """
+        input_ids = input_ids.to(self.device)
+        if soft_tokens is None:
+            features = self._raw_text_features(input_ids)
+        else:
+            ids, slots = insert_placeholder_tokens(
+                input_ids, soft_tokens.shape[0], soft_position, self.placeholder_token_id, self.eos_token_id,
+                self.pad_token_id, self.context_length,
+            )
+            with self._soft_token_context(slots, soft_tokens):
+                features = self._raw_text_features(ids)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised image and text embeddings and the logit scale (what contrastive losses need)."""
+        return {
+            "image_embeds": self.encode_image(pixel_values),
+            "text_embeds": self.encode_text(input_ids),
+            "logit_scale": self.logit_scale(),
+        }
+
+    # ---------------------------------------------------------------------------------------- soft tokens
+    @contextlib.contextmanager
+    def _soft_token_context(self, slots: torch.Tensor, values: torch.Tensor) -> Iterator[None]:
+        self._soft_tokens = (slots, values)
+        try:
+            yield
+        finally:
+            self._soft_tokens = None
+
+    def _replace_placeholder_embeddings(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self._soft_tokens is None:
+            return output
+        slots, values = self._soft_tokens
+        # slots: [B, L] bool with exactly k True per row, in order; broadcast the k vectors to every row.
+        batch = output.shape[0]
+        filled = output.clone()
+        filled[slots] = values.to(output.dtype).unsqueeze(0).expand(batch, -1, -1).reshape(-1, output.shape[-1])
+        return filled
+
+
+def insert_placeholder_tokens(
+    input_ids: torch.Tensor,
+    num_tokens: int,
+    position: int,
+    placeholder_id: int,
+    eos_id: int,
+    pad_id: int,
+    max_length: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Insert ``num_tokens`` placeholder ids at ``position`` in every row, keeping EOS inside ``max_length``.
+
+    Returns:
+        The new ids ``[B, L']`` and a boolean mask of the inserted slots (``num_tokens`` per row).
+    """
+    batch, length = input_ids.shape
+    # Length of each row up to and including its first EOS.
+    is_eos = input_ids == eos_id
+    eos_pos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full((batch,), length - 1))
+    position = max(1, int(position))
+    rows, masks = [], []
+    new_len = min(max_length, length + num_tokens)
+    for b in range(batch):
+        content = input_ids[b, : int(eos_pos[b]) + 1].tolist()
+        insert_at = min(position, len(content) - 1)  # never after EOS
+        row = content[:insert_at] + [placeholder_id] * num_tokens + content[insert_at:]
+        mask = [False] * insert_at + [True] * num_tokens + [False] * (len(content) - insert_at)
+        if len(row) > max_length:  # drop caption tokens before EOS, never the soft tokens or EOS
+            overflow = len(row) - max_length
+            keep_until = len(row) - 1 - overflow
+            if keep_until < insert_at + num_tokens:
+                raise ValueError(f"{num_tokens} soft tokens at position {insert_at} do not fit in {max_length} tokens")
+            row = row[:keep_until] + row[-1:]
+            mask = mask[:keep_until] + mask[-1:]
+        row += [pad_id] * (new_len - len(row))
+        mask += [False] * (new_len - len(mask))
+        rows.append(row)
+        masks.append(mask)
+    device = input_ids.device
+    return torch.tensor(rows, dtype=input_ids.dtype, device=device), torch.tensor(masks, device=device)
