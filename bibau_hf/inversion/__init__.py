@@ -1,0 +1,18 @@
+"""The E-step: blind inversion of image/text triggers, target posterior, backdoor score, and ``scan``."""
+
+from .blind_inversion import BlindInverter, InversionConfig, InvertedTrigger, ScanResult, scan
+from .image_trigger import AdditiveTrigger, ImageTriggerFamily, MaskPatternTrigger, build_image_trigger
+from .text_trigger import SoftTokenTrigger
+
+__all__ = [
+    "AdditiveTrigger",
+    "BlindInverter",
+    "ImageTriggerFamily",
+    "InversionConfig",
+    "InvertedTrigger",
+    "MaskPatternTrigger",
+    "ScanResult",
+    "SoftTokenTrigger",
+    "build_image_trigger",
+    "scan",
+]

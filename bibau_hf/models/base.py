@@ -141,7 +141,8 @@ class ContrastiveAdapter(nn.Module):
         Args:
             input_ids: ``[B, L]`` ids from :meth:`tokenize`.
             normalize: L2-normalise the output.
-            soft_tokens: ``[k, width]`` vectors inserted into every sequence's token-embedding sequence.
+            soft_tokens: ``[k, width]`` vectors inserted into every sequence's token-embedding sequence, or
+                ``[B, k, width]`` with one set per sequence.
             soft_position: index at which the soft tokens go (1 = right after BOS); clamped to before EOS.
         """
         input_ids = input_ids.to(self.device)
@@ -149,20 +150,46 @@ class ContrastiveAdapter(nn.Module):
             features = self._raw_text_features(input_ids)
         else:
             ids, slots = insert_placeholder_tokens(
-                input_ids, soft_tokens.shape[0], soft_position, self.placeholder_token_id, self.eos_token_id,
+                input_ids, soft_tokens.shape[-2], soft_position, self.placeholder_token_id, self.eos_token_id,
                 self.pad_token_id, self.context_length,
             )
             with self._soft_token_context(slots, soft_tokens):
                 features = self._raw_text_features(ids)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalised image and text embeddings and the logit scale (what contrastive losses need)."""
-        return {
-            "image_embeds": self.encode_image(pixel_values),
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        triggered_pixel_values: torch.Tensor | None = None,
+        soft_tokens: torch.Tensor | None = None,
+        soft_position: int = 1,
+    ) -> dict[str, torch.Tensor]:
+        """Normalised embeddings and the logit scale: everything a contrastive step needs, in one call.
+
+        One call matters under DistributedDataParallel, which synchronises gradients only for computations made
+        inside the wrapped module's forward.
+
+        Args:
+            pixel_values: clean images ``[B, 3, H, W]`` in [0, 1].
+            input_ids: their captions' token ids.
+            triggered_pixel_values: optional triggered images, embedded in the same image batch.
+            soft_tokens: optional soft text-trigger vectors; the captions are embedded once more with them.
+            soft_position: where the soft tokens go.
+        """
+        batch = pixel_values.shape[0]
+        images = pixel_values if triggered_pixel_values is None else torch.cat([pixel_values, triggered_pixel_values])
+        image_embeds = self.encode_image(images)
+        out = {
+            "image_embeds": image_embeds[:batch],
             "text_embeds": self.encode_text(input_ids),
             "logit_scale": self.logit_scale(),
         }
+        if triggered_pixel_values is not None:
+            out["triggered_image_embeds"] = image_embeds[batch:]
+        if soft_tokens is not None:
+            out["triggered_text_embeds"] = self.encode_text(input_ids, soft_tokens=soft_tokens, soft_position=soft_position)
+        return out
 
     # ---------------------------------------------------------------------------------------- soft tokens
     @contextlib.contextmanager
@@ -177,10 +204,13 @@ class ContrastiveAdapter(nn.Module):
         if self._soft_tokens is None:
             return output
         slots, values = self._soft_tokens
-        # slots: [B, L] bool with exactly k True per row, in order; broadcast the k vectors to every row.
+        # slots: [B, L] bool with exactly k True per row, in order; values [k, width] (shared by every row) or
+        # [B, k, width] (one set per row, e.g. several inversion restarts in one batch).
         batch = output.shape[0]
+        if values.dim() == 2:
+            values = values.unsqueeze(0).expand(batch, -1, -1)
         filled = output.clone()
-        filled[slots] = values.to(output.dtype).unsqueeze(0).expand(batch, -1, -1).reshape(-1, output.shape[-1])
+        filled[slots] = values.to(output.dtype).reshape(-1, output.shape[-1])
         return filled
 
 

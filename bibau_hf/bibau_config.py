@@ -1,0 +1,194 @@
+"""Configuration of BI-BAU: a ``transformers.TrainingArguments`` subclass with every knob of the method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .errors import BIBAUError
+from .inversion import InversionConfig
+
+IMAGE_FAMILIES = ("mask", "additive")
+TOWERS = ("both", "image", "text")
+PRIORS = ("distill", "l2", "none")
+
+
+@dataclass
+class BIBAUConfig(TrainingArguments):
+    """Arguments of :class:`~bibau_hf.BIBAUTrainer` (DESIGN §3): EM rounds, inversion (E-step), unlearning
+    (M-step), LoRA, plus everything ``TrainingArguments`` has.
+
+    The defaults work on the demo and on the benchmark attacks without per-attack tuning.
+    """
+
+    # ----------------------------------------------------------------------------------------------- EM loop
+    em_rounds: int = field(
+        default=3, metadata={"help": "EM rounds: each starts with an E-step (inversion) and then unlearns."}
+    )
+    stop_score: float = field(
+        default=2.0,
+        metadata={
+            "help": "Early stop when the backdoor score (an anomaly index over candidate concepts) falls below this "
+            "level after a round of unlearning (~2 is the usual outlier threshold)."
+        },
+    )
+    final_scan: bool = field(default=True, metadata={"help": "Run one more E-step after training, for the report."})
+    # ------------------------------------------------------------------------------------------------ E-step
+    invert_towers: str = field(
+        default="both", metadata={"help": "Which encoders to invert triggers on: both, image or text."}
+    )
+    trigger_families: list[str] = field(
+        default_factory=lambda: ["mask", "additive"],
+        metadata={"help": "Image trigger families to invert: mask (mask-and-pattern) and/or additive (L-inf)."},
+    )
+    inversion_steps: int = field(default=80, metadata={"help": "Optimisation steps of each untargeted inversion."})
+    inversion_learning_rate: float = field(default=0.1, metadata={"help": "Adam learning rate of the inversion."})
+    inversion_batch_size: int = field(default=64, metadata={"help": "Clean pairs per inversion step."})
+    inversion_restarts: int = field(
+        default=4, metadata={"help": "Random restarts per family, optimised together; the best is kept."}
+    )
+    refine_steps: int = field(
+        default=20, metadata={"help": "Steps refining the image trigger toward the posterior's targets."}
+    )
+    score_steps: int = field(
+        default=60, metadata={"help": "Steps of the per-concept targeted inversion that calibrates the score."}
+    )
+    max_candidates: int = field(
+        default=16, metadata={"help": "Most candidate concepts in the score's targeted inversion."}
+    )
+    mask_l1_weight: float = field(
+        default=2.0, metadata={"help": "Weight of the mask prior (mean mask value): small triggers are likely."}
+    )
+    additive_epsilon: float = field(
+        default=16 / 255, metadata={"help": "L-inf bound of the additive trigger (images in [0, 1])."}
+    )
+    additive_weight: float = field(
+        default=0.1, metadata={"help": "Weight of the additive trigger's mean-magnitude prior."}
+    )
+    num_soft_tokens: int = field(default=2, metadata={"help": "Soft tokens of the inverted text trigger."})
+    soft_token_position: int = field(
+        default=1, metadata={"help": "Where the soft tokens go in the token sequence (1 = right after BOS)."}
+    )
+    soft_token_norm_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the soft tokens' norm prior (relative to real token norms)."}
+    )
+    own_pair_weight: float = field(
+        default=1.0, metadata={"help": "Weight pushing triggered inputs away from their own pair in the inversion."}
+    )
+    posterior_temperature: float = field(
+        default=50.0, metadata={"help": "β of the target posterior q(z) ∝ exp(β · mean cosine to z)."}
+    )
+    concept_names: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Candidate target concepts (e.g. class names). Default: the clean set's captions."},
+    )
+    # ------------------------------------------------------------------------------------------------ M-step
+    clean_weight: float = field(default=1.0, metadata={"help": "Weight of the clean contrastive loss."})
+    trigger_image_weight: float = field(
+        default=1.0, metadata={"help": "α: triggered images must still match their own captions."}
+    )
+    trigger_text_weight: float = field(
+        default=1.0, metadata={"help": "α_t: triggered captions must still match their own images."}
+    )
+    push_weight: float = field(
+        default=1.0,
+        metadata={"help": "β: push triggered images away from the suspected target (relative to their own caption)."},
+    )
+    prior_weight: float = field(
+        default=1.0, metadata={"help": "γ: weight of the prior that keeps the model near the suspect model."}
+    )
+    prior_type: str = field(
+        default="distill",
+        metadata={"help": "distill (match the suspect model's clean embeddings), l2 (L2 to its weights) or none."},
+    )
+    # -------------------------------------------------------------------------------------------------- LoRA
+    use_lora: bool = field(default=False, metadata={"help": "Unlearn through LoRA adapters (peft) only."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Modules to adapt; default per backend (HF: q_proj, v_proj; open_clip: c_fc, c_proj)."},
+    )
+    keep_lora_adapter: bool = field(
+        default=False, metadata={"help": "Also save the LoRA adapter (lora_adapter/) next to the merged model."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into a non-empty output folder."}
+    )
+    # ---------------------------------------------------------------------- TrainingArguments defaults we change
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the M-step."})
+    num_train_epochs: float = field(default=30.0, metadata={"help": "Epochs over the clean set (all rounds)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Clean pairs per device and step."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpointing (the final model is always saved)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep all dataset columns (needed)."})
+    report_to: str = field(default="none", metadata={"help": "Experiment trackers to report to."})
+    dataloader_drop_last: bool = field(
+        default=True, metadata={"help": "Drop the last partial batch (contrastive batches must be full)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.em_rounds < 1:
+            raise BIBAUError(f"em_rounds must be >= 1, got {self.em_rounds}")
+        if self.invert_towers not in TOWERS:
+            raise BIBAUError(f"invert_towers must be one of {TOWERS}, got {self.invert_towers!r}")
+        unknown = [f for f in self.trigger_families if f not in IMAGE_FAMILIES]
+        if unknown:
+            raise BIBAUError(f"unknown trigger families {unknown}; choose from {IMAGE_FAMILIES}")
+        if self.invert_towers in ("both", "image") and not self.trigger_families:
+            raise BIBAUError("inverting the image tower needs at least one trigger family")
+        if self.prior_type not in PRIORS:
+            raise BIBAUError(f"prior_type must be one of {PRIORS}, got {self.prior_type!r}")
+        for name in ("inversion_steps", "inversion_batch_size", "inversion_restarts", "num_soft_tokens"):
+            if getattr(self, name) < 1:
+                raise BIBAUError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.inversion_batch_size < 2:
+            raise BIBAUError("inversion_batch_size must be >= 2 (collapse is measured between images)")
+        if not 0 < self.additive_epsilon <= 1:
+            raise BIBAUError(f"additive_epsilon must be in (0, 1], got {self.additive_epsilon}")
+        for name in ("mask_l1_weight", "clean_weight", "trigger_image_weight", "trigger_text_weight",
+                     "push_weight", "prior_weight", "posterior_temperature", "soft_token_norm_weight"):
+            if getattr(self, name) < 0:
+                raise BIBAUError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.per_device_train_batch_size < 2:
+            raise BIBAUError("per_device_train_batch_size must be >= 2 for a contrastive loss")
+        if self.use_lora and self.lora_r < 1:
+            raise BIBAUError(f"lora_r must be >= 1, got {self.lora_r}")
+
+    @property
+    def invert_image(self) -> bool:
+        return self.invert_towers in ("both", "image")
+
+    @property
+    def invert_text(self) -> bool:
+        return self.invert_towers in ("both", "text")
+
+    def inversion_config(self, progress: bool = True) -> InversionConfig:
+        """The E-step settings as an :class:`~bibau_hf.inversion.InversionConfig`."""
+        return InversionConfig(
+            steps=self.inversion_steps,
+            learning_rate=self.inversion_learning_rate,
+            batch_size=self.inversion_batch_size,
+            restarts=self.inversion_restarts,
+            image_families=tuple(self.trigger_families),
+            invert_image=self.invert_image,
+            invert_text=self.invert_text,
+            mask_l1_weight=self.mask_l1_weight,
+            additive_epsilon=self.additive_epsilon,
+            additive_weight=self.additive_weight,
+            num_soft_tokens=self.num_soft_tokens,
+            soft_token_position=self.soft_token_position,
+            soft_token_norm_weight=self.soft_token_norm_weight,
+            own_pair_weight=self.own_pair_weight,
+            posterior_temperature=self.posterior_temperature,
+            refine_steps=self.refine_steps,
+            score_steps=self.score_steps,
+            max_candidates=self.max_candidates,
+            seed=self.seed,
+            progress=progress and not self.disable_tqdm,
+        )

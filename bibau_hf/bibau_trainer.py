@@ -1,0 +1,370 @@
+"""BIBAUTrainer: BI-BAU's EM loop on top of ``transformers.Trainer`` (DESIGN §3).
+
+Each of ``em_rounds`` rounds starts with an E-step (blind inversion of image and text triggers on the current
+model, target posterior, backdoor score) and continues with M-steps (Trainer's own optimisation loop) on
+
+    L = w_c · L_clip(x, c)                      clean retention
+      + α   · L_clip(T(x), c)                   triggered images keep their own captions      (C1 + C2)
+      + α_t · L_clip(x, T(c))                   triggered captions keep their own images
+      + β   · [cos(f(T(x)), z_q) − cos(f(T(x)), f(c))]₊   away from the suspected target, relative to the own caption
+      + γ   · R(θ, θ_bd)                        prior: distillation of clean embeddings, or L2 to the weights (C3)
+
+Nothing here knows the attack. An optional ``evaluator`` callable (the recipe builds one from a labelled set and,
+where known, the real trigger) only *measures* the model before, between and after rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+
+from . import __version__
+from .bibau_config import BIBAUConfig
+from .data.image_text import ImageTextDataset
+from .errors import BIBAUError
+from .inversion import BlindInverter, ScanResult
+from .inversion.distributed import all_gather_with_grad, is_distributed, mean_over_ranks
+from .models.base import ContrastiveAdapter
+
+REPORT_FILE = "unlearning_report.json"
+Evaluator = Callable[[ContrastiveAdapter], dict[str, float]]
+
+
+def distributed_clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor):
+    """CLIP loss whose negatives come from every rank (embeddings gathered with gradients, open_clip style).
+
+    With one process it is the plain symmetric InfoNCE; with W processes of batch B it equals the one-process loss
+    on the W·B batch once DDP averages the gradients.
+    """
+    all_images = all_gather_with_grad(image_embeds)
+    all_texts = all_gather_with_grad(text_embeds)
+    offset = 0
+    if is_distributed():
+        offset = torch.distributed.get_rank() * image_embeds.shape[0]
+    targets = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
+    logits_per_image = logit_scale * image_embeds @ all_texts.t()
+    logits_per_text = logit_scale * text_embeds @ all_images.t()
+    return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
+
+
+class ContrastiveCollator:
+    """Batches ``ImageTextDataset`` items: float images in [0, 1] and padded token ids (on CPU)."""
+
+    def __init__(self, adapter: ContrastiveAdapter) -> None:
+        self.adapter = adapter
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pixel_values = torch.stack([f["pixel_values"] for f in features]).float() / 255.0
+        input_ids = self.adapter.tokenize([f["caption"] for f in features]).cpu()
+        return {"pixel_values": pixel_values, "input_ids": input_ids}
+
+
+class _StopWhenCleanCallback(TrainerCallback):
+    """Ends training once an E-step finds the backdoor score below ``stop_score``."""
+
+    def __init__(self, trainer: BIBAUTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer.stop_requested:
+            control.should_training_stop = True
+        return control
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the result."""
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version(), "bibau_hf": __version__}
+    for name in ("torch", "transformers", "open_clip_torch", "peft", "accelerate", "datasets", "huggingface_hub"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class BIBAUTrainer(Trainer):
+    """Removes backdoors from a CLIP-like model with BI-BAU.
+
+    Args:
+        model: the suspect model, wrapped in its adapter (:func:`bibau_hf.models.load_adapter`).
+        args: a :class:`BIBAUConfig`.
+        train_dataset: the defender's clean image-caption pairs.
+        evaluator: optional ``adapter -> {metric: value}`` measured before training, after every round and at the end
+            (e.g. clean accuracy; ASR where the trigger is known). It never influences training.
+        base_model_name: name or path of the suspect model, for the report.
+        callbacks: extra Trainer callbacks.
+        **kwargs: passed to ``transformers.Trainer``.
+    """
+
+    def __init__(
+        self,
+        model: ContrastiveAdapter,
+        args: BIBAUConfig,
+        train_dataset: ImageTextDataset,
+        evaluator: Evaluator | None = None,
+        base_model_name: str | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(model, ContrastiveAdapter):
+            raise BIBAUError(
+                f"BIBAUTrainer needs a ContrastiveAdapter (use bibau_hf.models.load_adapter), got {type(model)}"
+            )
+        if not isinstance(args, BIBAUConfig):
+            raise BIBAUError("args must be a BIBAUConfig")
+        if not isinstance(train_dataset, ImageTextDataset):
+            raise BIBAUError("train_dataset must be an ImageTextDataset of clean image-caption pairs")
+        world = max(1, args.world_size)
+        if len(train_dataset) < args.per_device_train_batch_size * world:
+            raise BIBAUError(
+                f"{len(train_dataset)} clean pairs are too few for one batch of {args.per_device_train_batch_size} "
+                f"per device on {world} device(s); give more clean data or lower --per_device_train_batch_size"
+            )
+        self.adapter = model
+        self.evaluator = evaluator
+        self.base_model_name = base_model_name
+        self.stop_requested = False
+        self._lora = False
+        if args.use_lora:
+            self._attach_lora(model, args)
+        self.reference: ContrastiveAdapter | None = None
+        self._anchor: dict[str, torch.Tensor] = {}
+        if args.prior_type == "distill" and not args.use_lora:
+            # Full fine-tuning needs a frozen copy of the suspect model; with LoRA the base with the adapter
+            # disabled is that copy, for free.
+            self.reference = copy.deepcopy(model).eval()
+            self.reference.requires_grad_(False)
+        elif args.prior_type == "l2" and not args.use_lora:
+            self._anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        super().__init__(
+            model=model, args=args, train_dataset=train_dataset, data_collator=ContrastiveCollator(model),
+            callbacks=callbacks, **kwargs,
+        )
+        self.add_callback(_StopWhenCleanCallback(self))
+        if self.reference is not None:
+            self.reference.to(self.args.device)
+        self._anchor = {n: t.to(self.args.device) for n, t in self._anchor.items()}
+        inversion = args.inversion_config(progress=self.is_world_process_zero())
+        # Ranks draw different inversion batches; averaged gradients keep the trigger identical on all of them.
+        inversion.seed = args.seed + 9973 * self.args.process_index
+        self.inverter = BlindInverter(
+            model, train_dataset.images, train_dataset.captions, inversion, args.concept_names or None
+        )
+        self.scans: list[ScanResult] = []
+        self.final_scan: ScanResult | None = None
+        self.trace: list[dict[str, Any]] = []
+        self.report: dict[str, Any] = {}
+        self._round = -1
+        self._image_triggers: list = []
+        self._soft_tokens: torch.Tensor | None = None
+        self._target_direction: torch.Tensor | None = None
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._timing = {"e_step_seconds": 0.0}
+
+    # ------------------------------------------------------------------------------------------------- LoRA
+    def _attach_lora(self, adapter: ContrastiveAdapter, args: BIBAUConfig) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        targets = args.lora_target_modules or (
+            ["q_proj", "v_proj"] if adapter.backend == "hf" else ["c_fc", "c_proj"]
+        )
+        config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                            target_modules=targets)
+        try:
+            adapter.model = get_peft_model(adapter.model, config)
+        except ValueError as err:
+            raise BIBAUError(f"could not attach LoRA to modules {targets}: {err}") from err
+        self._lora = True
+
+    def _reference_embeddings(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            if self._lora:
+                with self.adapter.model.disable_adapter():
+                    return self.adapter(pixel_values, input_ids)
+            return self.reference(pixel_values, input_ids)
+
+    # ----------------------------------------------------------------------------------------------- E-step
+    def _rounds_length(self) -> int:
+        return max(1, math.ceil(self.state.max_steps / self.args.em_rounds))
+
+    def _e_step(self, round_index: int) -> None:
+        started = time.time()
+        previous = self.scans[-1].triggers if self.scans else None
+        result = self.inverter.run(previous=previous)
+        self._timing["e_step_seconds"] += time.time() - started
+        self.scans.append(result)
+        self._image_triggers = [t.trigger for t in result.image_triggers()]
+        text = result.text_triggers()
+        self._soft_tokens = text[0].trigger.tokens[0].detach().clone() if text else None
+        image_results = result.image_triggers()
+        if image_results and self.args.push_weight > 0:
+            best = max(image_results, key=lambda t: t.score)
+            q = torch.tensor([best.posterior[c] for c in result.candidates], device=self.args.device)
+            concept_emb = self.inverter.concept_emb.to(self.args.device)
+            self._target_direction = F.normalize(q @ concept_emb, dim=-1)
+        entry = {"round": round_index, "step": self.state.global_step, **result.to_dict()}
+        if self.evaluator is not None:
+            entry["metrics"] = self.evaluator(self.adapter)
+        self.trace.append(entry)
+        if round_index >= 1 and result.backdoor_score < self.args.stop_score:
+            self.stop_requested = True
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        round_index = self.state.global_step // self._rounds_length()
+        if round_index != self._round:
+            self._round = round_index
+            self._e_step(round_index)
+            model.train()
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    # ----------------------------------------------------------------------------------------------- M-step
+    def _triggered_images(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
+        """Each inverted image trigger acts on its own share of the batch (one extra image forward in all)."""
+        if not self._image_triggers or self.args.trigger_image_weight == 0:
+            return None
+        n = len(self._image_triggers)
+        shift = self.state.global_step % n
+        owner = (torch.arange(pixel_values.shape[0]) + shift) % n
+        out = pixel_values.clone()
+        with torch.no_grad():
+            for k, trigger in enumerate(self._image_triggers):
+                rows = owner == k
+                if rows.any():
+                    out[rows] = trigger.apply_one(pixel_values[rows], 0).to(out.dtype)
+        return out
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.args
+        pixel_values, input_ids = inputs["pixel_values"], inputs["input_ids"]
+        triggered = self._triggered_images(pixel_values)
+        soft = self._soft_tokens if args.trigger_text_weight > 0 else None
+        out = model(pixel_values, input_ids, triggered_pixel_values=triggered, soft_tokens=soft,
+                    soft_position=args.soft_token_position)
+        scale = out["logit_scale"]
+        images, texts = out["image_embeds"], out["text_embeds"]
+        terms: dict[str, tuple[float, torch.Tensor]] = {
+            "clean": (args.clean_weight, distributed_clip_loss(images, texts, scale))
+        }
+        if triggered is not None:
+            trig = out["triggered_image_embeds"]
+            terms["trigger_image"] = (args.trigger_image_weight, distributed_clip_loss(trig, texts, scale))
+            if self._target_direction is not None:
+                gap = trig @ self._target_direction - (trig * texts.detach()).sum(-1)
+                terms["push"] = (args.push_weight, torch.relu(gap).mean())
+        if soft is not None:
+            terms["trigger_text"] = (args.trigger_text_weight,
+                                     distributed_clip_loss(images, out["triggered_text_embeds"], scale))
+        if args.prior_weight > 0 and args.prior_type != "none":
+            terms["prior"] = (args.prior_weight, self._prior(pixel_values, input_ids, images, texts))
+        loss = sum(weight * value for weight, value in terms.values())
+        for name, (_, value) in terms.items():
+            self._metrics[name].append(float(value.detach()))
+        return (loss, out) if return_outputs else loss
+
+    def _prior(self, pixel_values, input_ids, images, texts) -> torch.Tensor:
+        if self.args.prior_type == "distill":
+            ref = self._reference_embeddings(pixel_values, input_ids)
+            return ((images - ref["image_embeds"]) ** 2).sum(-1).mean() + ((texts - ref["text_embeds"]) ** 2).sum(
+                -1
+            ).mean()
+        if self._lora:  # θ_bd is the adapter-free base: the L2 distance is the norm of the LoRA weights
+            return sum((p**2).sum() for p in self.adapter.parameters() if p.requires_grad)
+        named = dict(self.adapter.named_parameters())
+        return sum(((named[n] - anchor) ** 2).sum() for n, anchor in self._anchor.items())
+
+    # -------------------------------------------------------------------------------------------- logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for name, values in self._metrics.items():
+            if values:
+                logs[f"bibau/{name}"] = round(mean_over_ranks(sum(values) / len(values), self.args.device), 5)
+        self._metrics.clear()
+        if self.scans:
+            logs["bibau/backdoor_score"] = round(self.scans[-1].backdoor_score, 3)
+        super().log(logs, start_time)
+
+    # ---------------------------------------------------------------------------------------- train / save
+    def train(self, *args: Any, **kwargs: Any):
+        """Run the EM loop; afterwards ``self.report`` holds the unlearning report."""
+        started = time.time()
+        output = super().train(*args, **kwargs)
+        if self._lora:
+            self._merge_lora()
+        if self.args.final_scan:
+            started_scan = time.time()
+            self.final_scan = self.inverter.run(previous=self.scans[-1].triggers if self.scans else None)
+            self._timing["e_step_seconds"] += time.time() - started_scan
+        self._timing["total_seconds"] = time.time() - started
+        self._timing["m_step_seconds"] = self._timing["total_seconds"] - self._timing["e_step_seconds"]
+        self.report = self.build_report(output)
+        return output
+
+    def _merge_lora(self) -> None:
+        peft_model = self.adapter.model
+        if self.args.keep_lora_adapter:
+            self._lora_state = copy.deepcopy(peft_model)
+        self.adapter.model = peft_model.merge_and_unload()
+        self.model = self.adapter
+        self.model_wrapped = self.adapter
+        self._lora = False
+
+    def build_report(self, train_output=None) -> dict[str, Any]:
+        """The unlearning report (DESIGN §5) as a JSON-ready dict."""
+        before = self.scans[0] if self.scans else None
+        after = self.final_scan or (self.scans[-1] if self.scans else None)
+        metrics_before = dict(self.trace[0].get("metrics", {})) if self.trace else {}
+        metrics_after = self.evaluator(self.adapter) if self.evaluator is not None else {}
+        if before is not None:
+            metrics_before.update(backdoor_score=round(before.backdoor_score, 3))
+        if after is not None:
+            metrics_after.update(backdoor_score=round(after.backdoor_score, 3))
+        config = {k: v for k, v in self.args.to_dict().items() if not k.startswith(("hub_", "push_to_hub"))}
+        return {
+            "method": "BI-BAU",
+            "mode": "lora" if self.args.use_lora else "full",
+            "bibau_hf_version": __version__,
+            "base_model": self.base_model_name,
+            "backend": self.adapter.backend,
+            "seed": self.args.seed,
+            "num_clean_pairs": len(self.train_dataset),
+            "num_processes": self.args.world_size,
+            "versions": library_versions(),
+            "metrics_before": metrics_before,
+            "metrics_after": metrics_after,
+            "scan_before": before.to_dict() if before else None,
+            "scan_after": after.to_dict() if after else None,
+            "suspected_target": before.suspected_target if before else None,
+            "rounds": self.trace,
+            "stopped_early": self.stop_requested,
+            "steps": self.state.global_step,
+            "train_loss": None if train_output is None else round(float(train_output.training_loss), 5),
+            "timing": {k: round(v, 2) for k, v in self._timing.items()},
+            "config": config,
+        }
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write the model in its native format (merged if LoRA is still attached) and the report."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        adapter = self.adapter
+        if self._lora:  # a checkpoint mid-training: save a merged copy, keep training the adapter
+            adapter = copy.deepcopy(self.adapter)
+            adapter.model = adapter.model.merge_and_unload()
+        adapter.save_native(output_dir)
+        lora_state = getattr(self, "_lora_state", None)
+        if lora_state is not None:
+            lora_state.save_pretrained(output_dir / "lora_adapter")
+        if self.report:
+            (output_dir / REPORT_FILE).write_text(json.dumps(self.report, indent=2, default=str) + "\n")

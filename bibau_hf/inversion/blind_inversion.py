@@ -1,0 +1,417 @@
+"""The E-step: blind inversion of image and text triggers, the latent-target posterior, and the backdoor score.
+
+Nothing here knows the attack: it sees the suspect model, clean image-caption pairs and candidate target concepts
+(class names when the defender has them, else the distinct captions). For each trigger family (image
+mask-and-pattern, image additive, text soft tokens):
+
+1. *Untargeted inversion* (several restarts at once): find T that makes triggered embeddings agree with each other
+   (collapse, which needs no target) and leave their own pair, under the trigger prior. Its collapse posterior
+   q₀(z) ∝ exp(β · mean_i cos(f(T(x_i)), e(z))) ranks the candidates when there are too many to sweep.
+2. *Targeted sweep* (one trigger per candidate concept, optimised together): the objective reached for concept k,
+   J_k = CE(T(x) → k) + λ · prior, measures how cheaply the model is dragged to k within the prior's budget.
+3. *Score and posterior*: a backdoor target is an outlier among the concepts' costs; the score is the anomaly index
+   (median J − min J) / (1.4826 · MAD J) (Neural Cleanse, Wang et al. 2019), calibrated by the model's own natural
+   variation across concepts. The posterior is q(z_k) ∝ exp(−(J_k − median J) / (1.4826 · MAD J)); its mode is the
+   suspected target, and the sweep's trigger for it is the inverted trigger used for unlearning.
+
+Why the sweep and not only the collapse trigger: on planted models the collapse optimum is often a natural
+adversarial patch toward some other concept (and a clean model collapses just as confidently), so the collapse
+posterior alone neither finds the target nor detects a backdoor; the per-concept cost comparison does both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..contrastive import tokenize_all
+from ..models.base import ContrastiveAdapter
+from .distributed import all_reduce_gradients
+from .image_trigger import build_image_trigger
+from .text_trigger import SoftTokenTrigger
+
+DEFAULT_CONCEPT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image of a {}.", "{}")
+
+
+@dataclass
+class InversionConfig:
+    """Knobs of the E-step (mirrored by :class:`~bibau_hf.BIBAUConfig`)."""
+
+    steps: int = 40
+    score_steps: int = 50
+    learning_rate: float = 0.1
+    batch_size: int = 32
+    restarts: int = 2
+    image_families: tuple[str, ...] = ("mask", "additive")
+    invert_image: bool = True
+    invert_text: bool = True
+    mask_l1_weight: float = 2.0
+    additive_epsilon: float = 16 / 255
+    additive_weight: float = 0.1
+    num_soft_tokens: int = 2
+    soft_token_position: int = 1
+    soft_token_norm_weight: float = 1.0
+    own_pair_weight: float = 1.0
+    posterior_temperature: float = 50.0
+    max_candidates: int = 16
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class InvertedTrigger:
+    """One family's E-step outcome: the inverted trigger for the suspected target, and its statistics."""
+
+    modality: str
+    family: str
+    trigger: Any
+    score: float
+    suspected_target: str
+    posterior: dict[str, float]
+    posterior_entropy: float
+    objectives: dict[str, float]
+    collapse: float
+    collapse_target: str
+    details: dict[str, Any]
+    sweep: Any = field(default=None, repr=False)
+    sweep_candidates: list[int] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        top = sorted(self.posterior.items(), key=lambda kv: -kv[1])[:5]
+        return {
+            "modality": self.modality,
+            "family": self.family,
+            "score": round(self.score, 3),
+            "suspected_target": self.suspected_target,
+            "posterior_top": {k: round(v, 4) for k, v in top},
+            "posterior_entropy": round(self.posterior_entropy, 4),
+            "objectives": self.objectives,
+            "collapse": round(self.collapse, 4),
+            "collapse_target": self.collapse_target,
+            **self.details,
+        }
+
+
+@dataclass
+class ScanResult:
+    """What the E-step found: per-family triggers, the overall backdoor score and the suspected target."""
+
+    triggers: list[InvertedTrigger]
+    candidates: list[str]
+    natural_similarity: float
+    seconds: float = 0.0
+
+    @property
+    def strongest(self) -> InvertedTrigger | None:
+        return max(self.triggers, key=lambda t: t.score) if self.triggers else None
+
+    @property
+    def backdoor_score(self) -> float:
+        return self.strongest.score if self.triggers else 0.0
+
+    @property
+    def suspected_target(self) -> str:
+        return self.strongest.suspected_target if self.triggers else ""
+
+    @property
+    def posterior(self) -> dict[str, float]:
+        return self.strongest.posterior if self.triggers else {}
+
+    def image_triggers(self) -> list[InvertedTrigger]:
+        return [t for t in self.triggers if t.modality == "image"]
+
+    def text_triggers(self) -> list[InvertedTrigger]:
+        return [t for t in self.triggers if t.modality == "text"]
+
+    def to_dict(self) -> dict[str, Any]:
+        strongest = self.strongest
+        return {
+            "backdoor_score": round(self.backdoor_score, 3),
+            "suspected_target": self.suspected_target,
+            "suspected_target_posterior": round(self.posterior.get(self.suspected_target, 0.0), 4),
+            "strongest_family": f"{strongest.modality}/{strongest.family}" if strongest else None,
+            "natural_similarity": round(self.natural_similarity, 4),
+            "triggers": [t.summary() for t in self.triggers],
+            "seconds": round(self.seconds, 2),
+        }
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def pairwise_agreement(emb: torch.Tensor) -> torch.Tensor:
+    """Mean cosine between distinct rows of normalised ``[..., B, D]`` embeddings (1 = total collapse)."""
+    b = emb.shape[-2]
+    total = emb.sum(-2)
+    return ((total * total).sum(-1) - b) / (b * (b - 1))
+
+
+def anomaly_scores(objectives: torch.Tensor) -> torch.Tensor:
+    """(median − J_k) / (1.4826 · MAD) for every candidate k (positive = cheaper than typical)."""
+    median = objectives.median()
+    mad = (objectives - median).abs().median() * 1.4826
+    return (median - objectives) / (mad + 1e-6)
+
+
+def entropy(probs: torch.Tensor) -> float:
+    return float(-(probs * probs.clamp_min(1e-12).log()).sum())
+
+
+@torch.no_grad()
+def concept_embeddings(
+    adapter: ContrastiveAdapter, concepts: Sequence[str], templates: Sequence[str] | None
+) -> torch.Tensor:
+    """Normalised text embedding per concept: mean over prompt templates (or the concept text itself)."""
+    if not templates:
+        return adapter.encode_text(tokenize_all(adapter, list(concepts)).to(adapter.device))
+    rows = []
+    for concept in concepts:
+        emb = adapter.encode_text(adapter.tokenize([t.format(concept) for t in templates]))
+        rows.append(F.normalize(emb.mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+class BatchSampler:
+    """Seeded random batches of (images in [0,1], token ids) from in-memory clean pairs."""
+
+    def __init__(self, images: torch.Tensor, token_ids: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.images, self.token_ids = images, token_ids
+        self.batch_size = min(batch_size, len(images))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randperm(len(self.images), generator=self.generator)[: self.batch_size]
+        return self.images[idx].float() / 255.0, self.token_ids[idx]
+
+
+class _Side:
+    """What differs between inverting the image tower and the text tower."""
+
+    def __init__(self, inverter: BlindInverter, modality: str, family: str) -> None:
+        self.inv, self.modality, self.family = inverter, modality, family
+        cfg = inverter.config
+        if modality == "image":
+            self.weight = cfg.mask_l1_weight if family == "mask" else cfg.additive_weight
+        else:
+            self.weight = cfg.soft_token_norm_weight
+
+    def make(self, n: int, generator: torch.Generator):
+        cfg, adapter = self.inv.config, self.inv.adapter
+        if self.modality == "image":
+            size = tuple(self.inv.images.shape[-2:])
+            trigger = build_image_trigger(self.family, n, size, cfg.additive_epsilon, generator)
+        else:
+            trigger = SoftTokenTrigger(adapter, n, cfg.num_soft_tokens, cfg.soft_token_position, generator)
+        return trigger.to(adapter.device)
+
+    def embed(self, trigger, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Triggered embeddings ``[C, B, D]``."""
+        adapter = self.inv.adapter
+        if self.modality == "text":
+            return trigger.embed(adapter, ids.to(adapter.device))
+        triggered = trigger(images.to(adapter.device))
+        c, b = triggered.shape[:2]
+        return adapter.encode_image(triggered.flatten(0, 1)).view(c, b, -1)
+
+    @torch.no_grad()
+    def partner(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings of each triggered input's own pair (captions for images, images for captions)."""
+        adapter = self.inv.adapter
+        return adapter.encode_text(ids) if self.modality == "image" else adapter.encode_image(images)
+
+    def select(self, trigger, index: int):
+        return trigger.select([index], self.inv.adapter) if self.modality == "text" else trigger.select([index])
+
+
+# ------------------------------------------------------------------------------------------------ inverter
+class BlindInverter:
+    """Runs the E-step on a model (which it never changes) over clean pairs.
+
+    Args:
+        adapter: the model under inspection.
+        images: uint8 ``[N, 3, H, W]`` clean images.
+        captions: their captions.
+        config: inversion settings.
+        concepts: candidate target concepts (e.g. class names); default: the distinct captions.
+        concept_templates: templates used to embed concepts (ignored when concepts are the captions).
+    """
+
+    def __init__(
+        self,
+        adapter: ContrastiveAdapter,
+        images: torch.Tensor,
+        captions: Sequence[str],
+        config: InversionConfig | None = None,
+        concepts: Sequence[str] | None = None,
+        concept_templates: Sequence[str] | None = DEFAULT_CONCEPT_TEMPLATES,
+    ) -> None:
+        if len(images) < 2:
+            raise ValueError("blind inversion needs at least 2 clean image-caption pairs")
+        self.adapter = adapter
+        self.config = config or InversionConfig()
+        self.images = images
+        self.token_ids = tokenize_all(adapter, captions)
+        if concepts:
+            self.candidates = list(dict.fromkeys(concepts))
+            self.templates = concept_templates
+        else:
+            self.candidates = list(dict.fromkeys(captions))[:512]
+            self.templates = None
+        self.concept_emb: torch.Tensor | None = None
+
+    def _sampler(self, offset: int) -> BatchSampler:
+        return BatchSampler(self.images, self.token_ids, self.config.batch_size, self.config.seed + offset)
+
+    def run(self, previous: list[InvertedTrigger] | None = None) -> ScanResult:
+        """Invert every enabled family; ``previous`` triggers warm-start the sweep (a moved backdoor is tracked)."""
+        started = time.time()
+        cfg = self.config
+        was_training = self.adapter.training
+        self.adapter.eval()
+        # Freeze the model for the E-step: gradients must reach the trigger only, never accumulate in θ.
+        requires = [p.requires_grad for p in self.adapter.parameters()]
+        self.adapter.requires_grad_(False)
+        try:
+            self.concept_emb = concept_embeddings(self.adapter, self.candidates, self.templates)
+            image_targets = self.concept_emb
+            natural = self._natural_similarity()
+            previous_by_family = {(t.modality, t.family): t for t in previous or []}
+            sides = [(_Side(self, "image", f), image_targets) for f in cfg.image_families if cfg.invert_image]
+            if cfg.invert_text:
+                sides.append((_Side(self, "text", "soft_tokens"), self._image_prototypes()))
+            results = [
+                self._invert(side, targets, 100 * (i + 1), previous_by_family.get((side.modality, side.family)))
+                for i, (side, targets) in enumerate(sides)
+            ]
+        finally:
+            for p, r in zip(self.adapter.parameters(), requires):
+                p.requires_grad_(r)
+            self.adapter.train(was_training)
+        return ScanResult(results, self.candidates, natural, time.time() - started)
+
+    @torch.no_grad()
+    def _natural_similarity(self) -> float:
+        images, _ = self._sampler(0)()
+        return float(pairwise_agreement(self.adapter.encode_image(images)))
+
+    @torch.no_grad()
+    def _image_prototypes(self) -> torch.Tensor:
+        """Per concept, the mean embedding of the clean images zero-shot assigned to it (the concept's text
+        embedding where none is): what a text trigger's captions are dragged toward."""
+        emb = torch.cat([
+            self.adapter.encode_image(self.images[i : i + 256].float() / 255) for i in range(0, len(self.images), 256)
+        ])
+        assign = (emb @ self.concept_emb.t()).argmax(-1)
+        protos = self.concept_emb.clone()
+        for k in range(len(protos)):
+            members = emb[assign == k]
+            if len(members):
+                protos[k] = F.normalize(members.mean(0), dim=-1)
+        return protos
+
+    def _optimise(self, params, loss_fn, steps: int, desc: str) -> None:
+        optimizer = torch.optim.Adam(params, lr=self.config.learning_rate)
+        for _ in tqdm(range(steps), desc=desc, disable=not self.config.progress, leave=False):
+            loss = loss_fn()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            all_reduce_gradients(params)
+            optimizer.step()
+
+    def _candidate_subset(self, collapse_posterior: torch.Tensor) -> list[int]:
+        """All candidates if few; else the collapse posterior's top half plus a fixed random rest (for the MAD)."""
+        k = min(self.config.max_candidates, len(self.candidates))
+        if k == len(self.candidates):
+            return list(range(k))
+        top = collapse_posterior.topk(k // 2).indices.tolist()
+        order = torch.randperm(len(self.candidates), generator=torch.Generator().manual_seed(0)).tolist()
+        return top + [i for i in order if i not in top][: k - len(top)]
+
+    def _invert(self, side: _Side, targets: torch.Tensor, offset: int, previous: InvertedTrigger | None):
+        cfg = self.config
+        generator = torch.Generator().manual_seed(cfg.seed + offset)
+        sampler = self._sampler(offset)
+
+        # 1. untargeted collapse
+        trigger = side.make(cfg.restarts, generator)
+
+        def collapse_objective(images, ids) -> torch.Tensor:
+            emb = side.embed(trigger, images, ids)
+            own = (emb * side.partner(images, ids).unsqueeze(0)).sum(-1).mean(-1)
+            return -pairwise_agreement(emb) + cfg.own_pair_weight * own + side.weight * trigger.prior_cost()
+
+        self._optimise(list(trigger.parameters()), lambda: collapse_objective(*sampler()).sum(), cfg.steps,
+                       f"invert {side.modality}/{side.family}")
+        with torch.no_grad():
+            images, ids = sampler()
+            best = int(collapse_objective(images, ids).argmin())
+            emb = side.embed(trigger, images, ids)[best]
+            collapse = float(pairwise_agreement(emb))
+            collapse_posterior = torch.softmax(cfg.posterior_temperature * (emb @ targets.t()).mean(0), dim=0).cpu()
+
+        # 2. targeted sweep, one trigger per candidate concept
+        subset = self._candidate_subset(collapse_posterior)
+        sweep = side.make(len(subset), generator)
+        if previous is not None and previous.sweep_candidates == subset:
+            sweep.load_state_dict(previous.sweep.state_dict())
+        labels = torch.tensor(subset, device=targets.device)
+        scale = self.adapter.logit_scale().detach()
+
+        def sweep_objective(images, ids) -> torch.Tensor:
+            emb = side.embed(sweep, images, ids)  # [K, B, D]
+            logits = scale * emb @ targets.t()
+            ce = F.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(emb.shape[1]), reduction="none")
+            return ce.view(len(subset), -1).mean(-1) + side.weight * sweep.prior_cost()
+
+        self._optimise(list(sweep.parameters()), lambda: sweep_objective(*sampler()).sum(), cfg.score_steps,
+                       f"score {side.modality}/{side.family}")
+        with torch.no_grad():
+            objectives = sweep_objective(*sampler()).cpu()
+
+        # 3. score and posterior from the concepts' costs
+        anomaly = anomaly_scores(objectives)
+        best_k = int(anomaly.argmax())
+        posterior = torch.zeros(len(self.candidates))
+        posterior[subset] = torch.softmax(anomaly, dim=0)
+        chosen = side.select(sweep, best_k)
+        details = chosen.describe(0)
+        if side.modality == "text":
+            details["nearest_tokens"] = chosen.nearest_tokens(self.adapter, 0, k=3)
+        return InvertedTrigger(
+            modality=side.modality, family=side.family, trigger=chosen, score=max(0.0, float(anomaly[best_k])),
+            suspected_target=self.candidates[subset[best_k]],
+            posterior={c: float(p) for c, p in zip(self.candidates, posterior) if p > 0},
+            posterior_entropy=entropy(posterior[subset]),
+            objectives={self.candidates[i]: round(float(v), 4) for i, v in zip(subset, objectives)},
+            collapse=collapse, collapse_target=self.candidates[int(collapse_posterior.argmax())], details=details,
+            sweep=sweep, sweep_candidates=subset,
+        )
+
+
+def scan(
+    adapter: ContrastiveAdapter,
+    images: torch.Tensor,
+    captions: Sequence[str],
+    concepts: Sequence[str] | None = None,
+    config: InversionConfig | None = None,
+    concept_templates: Sequence[str] | None = DEFAULT_CONCEPT_TEMPLATES,
+) -> ScanResult:
+    """Is this model backdoored, and toward what? The E-step alone; the model is left unchanged.
+
+    Args:
+        adapter: the suspect model (see :func:`bibau_hf.models.load_adapter`).
+        images: uint8 ``[N, 3, H, W]`` clean images (a few hundred suffice).
+        captions: their captions.
+        concepts: candidate target concepts, e.g. class names; default: the distinct captions.
+        config: inversion settings.
+        concept_templates: prompt templates for embedding concepts.
+
+    Returns:
+        A :class:`ScanResult`: ``backdoor_score`` (an anomaly index; above ~2 is suspicious), ``suspected_target``
+        and its ``posterior``, and the inverted triggers.
+    """
+    return BlindInverter(adapter, images, captions, config, concepts, concept_templates).run()

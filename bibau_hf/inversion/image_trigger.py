@@ -1,0 +1,161 @@
+"""Learnable image-trigger operators T(x) for blind inversion (DESIGN §3), several candidates at once.
+
+Every family holds ``num_candidates`` independent triggers (restarts, or one per candidate target) as a leading
+dimension, so one optimiser step updates them all in a single batched forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ImageTriggerFamily(nn.Module):
+    """Base class: ``forward(images [B,3,H,W]) -> [C, B, 3, H, W]`` for C candidate triggers."""
+
+    family: str = ""
+
+    def __init__(self, num_candidates: int, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.num_candidates = int(num_candidates)
+        self.image_size = tuple(image_size)
+
+    def prior_cost(self) -> torch.Tensor:
+        """``-log p(φ)`` per candidate (up to its weight), shape ``[C]``."""
+        raise NotImplementedError
+
+    def size(self) -> torch.Tensor:
+        """A human-readable size per candidate (mask pixels, or L∞ norm), shape ``[C]``."""
+        raise NotImplementedError
+
+    def apply_one(self, images: torch.Tensor, index: int) -> torch.Tensor:
+        """Apply candidate ``index`` to ``[B,3,H,W]`` images."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.apply_one(images, c) for c in range(self.num_candidates)])
+
+    def select(self, indices: list[int]) -> ImageTriggerFamily:
+        """A new family holding (detached copies of) the chosen candidates."""
+        raise NotImplementedError
+
+    def describe(self, index: int) -> dict[str, Any]:
+        return {"family": self.family, "size": float(self.size()[index])}
+
+
+class MaskPatternTrigger(ImageTriggerFamily):
+    """T(x) = (1 − m) ⊙ x + m ⊙ p, with m = σ(mask logits) ∈ [0,1]^{H×W} and p = σ(pattern logits) ∈ [0,1]^{3×H×W}.
+
+    The prior is the mask's mean value (its L1 norm over the pixel count): small triggers are likely.
+    """
+
+    family = "mask"
+
+    def __init__(
+        self, num_candidates: int, image_size: tuple[int, int], generator: torch.Generator | None = None,
+        init_mask: float = 0.05,
+    ) -> None:
+        super().__init__(num_candidates, image_size)
+        h, w = self.image_size
+        # Start from a faint full-image mask with a random pattern: every pixel gets gradient at first, and the
+        # L1 prior shrinks the mask onto the pixels that matter.
+        logit = math.log(init_mask / (1 - init_mask))
+        noise = torch.randn(num_candidates, 1, h, w, generator=generator) * 0.5
+        self.mask_logits = nn.Parameter(noise + logit)
+        self.pattern_logits = nn.Parameter(torch.randn(num_candidates, 3, h, w, generator=generator) * 2.0)
+
+    def mask(self) -> torch.Tensor:
+        return torch.sigmoid(self.mask_logits)
+
+    def pattern(self) -> torch.Tensor:
+        return torch.sigmoid(self.pattern_logits)
+
+    def prior_cost(self) -> torch.Tensor:
+        return self.mask().flatten(1).mean(1)
+
+    def size(self) -> torch.Tensor:
+        return self.mask().flatten(1).sum(1).detach()
+
+    def apply_one(self, images: torch.Tensor, index: int) -> torch.Tensor:
+        m = self.mask()[index].to(images.device)
+        return (1 - m) * images + m * self.pattern()[index].to(images.device)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        m = self.mask().unsqueeze(1).to(images.device)
+        p = self.pattern().unsqueeze(1).to(images.device)
+        return (1 - m) * images.unsqueeze(0) + m * p
+
+    def select(self, indices: list[int]) -> MaskPatternTrigger:
+        new = MaskPatternTrigger(len(indices), self.image_size)
+        with torch.no_grad():
+            new.mask_logits.copy_(self.mask_logits[indices])
+            new.pattern_logits.copy_(self.pattern_logits[indices])
+        return new.to(self.mask_logits.device)
+
+    def describe(self, index: int) -> dict[str, Any]:
+        mask = self.mask()[index, 0].detach()
+        flat = mask.flatten()
+        peak = int(flat.argmax())
+        return {
+            "family": self.family,
+            "mask_pixels": float(flat.sum()),
+            "mask_fraction": float(flat.mean()),
+            "mask_peak_row": peak // mask.shape[1],
+            "mask_peak_col": peak % mask.shape[1],
+        }
+
+
+class AdditiveTrigger(ImageTriggerFamily):
+    """T(x) = clip(x + δ, 0, 1), with δ = ε · tanh(raw) so that ‖δ‖∞ ≤ ε (global triggers)."""
+
+    family = "additive"
+
+    def __init__(
+        self, num_candidates: int, image_size: tuple[int, int], epsilon: float,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(num_candidates, image_size)
+        h, w = self.image_size
+        self.epsilon = float(epsilon)
+        self.raw = nn.Parameter(torch.randn(num_candidates, 3, h, w, generator=generator) * 0.1)
+
+    def delta(self) -> torch.Tensor:
+        return self.epsilon * torch.tanh(self.raw)
+
+    def prior_cost(self) -> torch.Tensor:
+        # Within the ε-ball a smaller perturbation is still more likely; normalised to [0, 1].
+        return (self.delta().abs().flatten(1).mean(1)) / max(self.epsilon, 1e-8)
+
+    def size(self) -> torch.Tensor:
+        return self.delta().abs().flatten(1).mean(1).detach()
+
+    def apply_one(self, images: torch.Tensor, index: int) -> torch.Tensor:
+        return (images + self.delta()[index].to(images.device)).clamp(0, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.unsqueeze(0) + self.delta().unsqueeze(1).to(images.device)).clamp(0, 1)
+
+    def select(self, indices: list[int]) -> AdditiveTrigger:
+        new = AdditiveTrigger(len(indices), self.image_size, self.epsilon)
+        with torch.no_grad():
+            new.raw.copy_(self.raw[indices])
+        return new.to(self.raw.device)
+
+    def describe(self, index: int) -> dict[str, Any]:
+        delta = self.delta()[index].detach()
+        return {"family": self.family, "epsilon": self.epsilon, "mean_abs_delta": float(delta.abs().mean())}
+
+
+def build_image_trigger(
+    family: str, num_candidates: int, image_size: tuple[int, int], epsilon: float = 16 / 255,
+    generator: torch.Generator | None = None,
+) -> ImageTriggerFamily:
+    """A trigger family by name: ``"mask"`` or ``"additive"``."""
+    if family == "mask":
+        return MaskPatternTrigger(num_candidates, image_size, generator)
+    if family == "additive":
+        return AdditiveTrigger(num_candidates, image_size, epsilon, generator)
+    raise ValueError(f"unknown image trigger family {family!r}; use 'mask' or 'additive'")

@@ -1,0 +1,81 @@
+"""Learnable text trigger: k soft-token embeddings inserted into the caption's token-embedding sequence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models.base import ContrastiveAdapter
+
+
+class SoftTokenTrigger(nn.Module):
+    """C candidate text triggers, each ``num_tokens`` free vectors in the token-embedding space.
+
+    The prior keeps their norm near that of real token embeddings (a trigger is a word, not an arbitrarily large
+    vector): cost = mean over tokens of (‖v‖ / typical norm − 1)₊².
+
+    Args:
+        adapter: the model whose token-embedding layer defines the space.
+        num_candidates: independent candidates optimised together.
+        num_tokens: soft tokens per candidate.
+        position: insertion index in the token sequence (1 = right after BOS).
+        generator: seeds the initialisation (random existing token embeddings).
+    """
+
+    family = "soft_tokens"
+
+    def __init__(
+        self, adapter: ContrastiveAdapter, num_candidates: int, num_tokens: int, position: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        weight = adapter.token_embedding.weight.detach()
+        self.num_candidates = int(num_candidates)
+        self.num_tokens = int(num_tokens)
+        self.position = int(position)
+        self.register_buffer("typical_norm", weight.norm(dim=-1).median().float(), persistent=False)
+        rows = torch.randint(0, weight.shape[0], (num_candidates * num_tokens,), generator=generator)
+        init = weight[rows.to(weight.device)].float().cpu().view(num_candidates, num_tokens, -1)
+        self.tokens = nn.Parameter(init.clone())
+
+    def prior_cost(self) -> torch.Tensor:
+        ratio = self.tokens.norm(dim=-1) / self.typical_norm
+        return torch.relu(ratio - 1).pow(2).mean(-1)
+
+    def size(self) -> torch.Tensor:
+        return (self.tokens.norm(dim=-1).mean(-1) / self.typical_norm).detach()
+
+    def embed(self, adapter: ContrastiveAdapter, input_ids: torch.Tensor) -> torch.Tensor:
+        """Normalised text embeddings of every caption under every candidate: ``[C, B, D]``."""
+        batch = input_ids.shape[0]
+        ids = input_ids.repeat(self.num_candidates, 1)
+        values = self.tokens.to(adapter.device).repeat_interleave(batch, dim=0)
+        emb = adapter.encode_text(ids, soft_tokens=values, soft_position=self.position)
+        return emb.view(self.num_candidates, batch, -1)
+
+    def embed_one(self, adapter: ContrastiveAdapter, input_ids: torch.Tensor, index: int) -> torch.Tensor:
+        return adapter.encode_text(input_ids, soft_tokens=self.tokens[index], soft_position=self.position)
+
+    def select(self, indices: list[int], adapter: ContrastiveAdapter) -> SoftTokenTrigger:
+        new = SoftTokenTrigger(adapter, len(indices), self.num_tokens, self.position)
+        with torch.no_grad():
+            new.tokens.copy_(self.tokens[indices])
+        return new
+
+    def nearest_tokens(self, adapter: ContrastiveAdapter, index: int, k: int = 5) -> list[list[str]]:
+        """The ``k`` vocabulary tokens closest (cosine) to each soft token of candidate ``index``."""
+        weight = adapter.token_embedding.weight.detach()
+        sims = torch.nn.functional.normalize(self.tokens[index].detach().to(weight.device), dim=-1) @ (
+            torch.nn.functional.normalize(weight, dim=-1).t()
+        )
+        ids = sims.topk(k, dim=-1).indices.tolist()
+        tokenizer = adapter.tokenizer
+        if hasattr(tokenizer, "convert_ids_to_tokens"):
+            return [tokenizer.convert_ids_to_tokens(row) for row in ids]
+        decoder = getattr(tokenizer, "decoder", {})
+        return [[decoder.get(i, str(i)) for i in row] for row in ids]
+
+    def describe(self, index: int) -> dict[str, Any]:
+        return {"family": self.family, "num_tokens": self.num_tokens, "relative_norm": float(self.size()[index])}

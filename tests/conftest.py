@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny models of both backends (built once per session, copied per test)."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def _tiny_models():
+    from bibau_hf.models import TinyCLIPSpec, build_tiny_model
+
+    spec = TinyCLIPSpec(width=32, heads=2, embed_dim=32, patch_size=8, bpe_merges=2000)
+    return {backend: build_tiny_model(backend, spec, seed=0) for backend in ("hf", "open_clip")}
+
+
+@pytest.fixture(params=["hf", "open_clip"])
+def tiny_model(request, _tiny_models):
+    """A fresh copy of a tiny model, for each backend."""
+    return copy.deepcopy(_tiny_models[request.param])
