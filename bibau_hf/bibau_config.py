@@ -42,23 +42,20 @@ class BIBAUConfig(TrainingArguments):
         default_factory=lambda: ["mask", "additive"],
         metadata={"help": "Image trigger families to invert: mask (mask-and-pattern) and/or additive (L-inf)."},
     )
-    inversion_steps: int = field(default=80, metadata={"help": "Optimisation steps of each untargeted inversion."})
-    inversion_learning_rate: float = field(default=0.1, metadata={"help": "Adam learning rate of the inversion."})
-    inversion_batch_size: int = field(default=64, metadata={"help": "Clean pairs per inversion step."})
+    inversion_steps: int = field(default=40, metadata={"help": "Optimisation steps of each untargeted inversion."})
+    inversion_learning_rate: float = field(default=0.2, metadata={"help": "Adam learning rate of the inversion."})
+    inversion_batch_size: int = field(default=32, metadata={"help": "Clean pairs per inversion step."})
     inversion_restarts: int = field(
-        default=4, metadata={"help": "Random restarts per family, optimised together; the best is kept."}
-    )
-    refine_steps: int = field(
-        default=20, metadata={"help": "Steps refining the image trigger toward the posterior's targets."}
+        default=2, metadata={"help": "Random restarts per family, optimised together; the best is kept."}
     )
     score_steps: int = field(
-        default=60, metadata={"help": "Steps of the per-concept targeted inversion that calibrates the score."}
+        default=100, metadata={"help": "Steps of the per-concept targeted inversion (the score's sweep)."}
     )
     max_candidates: int = field(
         default=16, metadata={"help": "Most candidate concepts in the score's targeted inversion."}
     )
     mask_l1_weight: float = field(
-        default=2.0, metadata={"help": "Weight of the mask prior (mean mask value): small triggers are likely."}
+        default=20.0, metadata={"help": "Weight of the mask prior (mean mask value): small triggers are likely."}
     )
     additive_epsilon: float = field(
         default=16 / 255, metadata={"help": "L-inf bound of the additive trigger (images in [0, 1])."}
@@ -91,12 +88,15 @@ class BIBAUConfig(TrainingArguments):
     trigger_text_weight: float = field(
         default=1.0, metadata={"help": "α_t: triggered captions must still match their own images."}
     )
+    trigger_shift: bool = field(
+        default=True, metadata={"help": "Also apply the inverted image trigger at random offsets in the M-step."}
+    )
     push_weight: float = field(
         default=1.0,
         metadata={"help": "β: push triggered images away from the suspected target (relative to their own caption)."},
     )
     prior_weight: float = field(
-        default=1.0, metadata={"help": "γ: weight of the prior that keeps the model near the suspect model."}
+        default=10.0, metadata={"help": "γ: weight of the prior that keeps the model near the suspect model."}
     )
     prior_type: str = field(
         default="distill",
@@ -186,7 +186,6 @@ class BIBAUConfig(TrainingArguments):
             soft_token_norm_weight=self.soft_token_norm_weight,
             own_pair_weight=self.own_pair_weight,
             posterior_temperature=self.posterior_temperature,
-            refine_steps=self.refine_steps,
             score_steps=self.score_steps,
             max_candidates=self.max_candidates,
             seed=self.seed,

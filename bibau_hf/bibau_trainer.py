@@ -168,6 +168,7 @@ class BIBAUTrainer(Trainer):
         self.trace: list[dict[str, Any]] = []
         self.report: dict[str, Any] = {}
         self._round = -1
+        self._targets: dict[str, tuple[float, str]] = {}
         self._image_triggers: list = []
         self._soft_tokens: torch.Tensor | None = None
         self._target_direction: torch.Tensor | None = None
@@ -206,21 +207,42 @@ class BIBAUTrainer(Trainer):
         result = self.inverter.run(previous=previous)
         self._timing["e_step_seconds"] += time.time() - started
         self.scans.append(result)
-        self._image_triggers = [t.trigger for t in result.image_triggers()]
+        self._update_targets(result)
+        image_target = self._targets.get("image", (0.0, None))[1]
+        text_target = self._targets.get("text", (0.0, None))[1]
+        # Unlearn the trigger toward the tracked target of each modality: the latent target of a backdoor does not
+        # change between rounds, so a round whose most anomalous concept is a natural one does not redirect it.
+        self._image_triggers = [t.trigger_for(image_target) or t.trigger for t in result.image_triggers()]
         text = result.text_triggers()
-        self._soft_tokens = text[0].trigger.tokens[0].detach().clone() if text else None
-        image_results = result.image_triggers()
-        if image_results and self.args.push_weight > 0:
-            best = max(image_results, key=lambda t: t.score)
-            q = torch.tensor([best.posterior[c] for c in result.candidates], device=self.args.device)
-            concept_emb = self.inverter.concept_emb.to(self.args.device)
-            self._target_direction = F.normalize(q @ concept_emb, dim=-1)
-        entry = {"round": round_index, "step": self.state.global_step, **result.to_dict()}
+        self._soft_tokens = None
+        if text:
+            chosen = text[0].trigger_for(text_target) or text[0].trigger
+            self._soft_tokens = chosen.tokens[0].detach().clone()
+        self._target_direction = None
+        if image_target is not None and self.args.push_weight > 0:
+            index = result.candidates.index(image_target)
+            self._target_direction = self.inverter.concept_emb[index].to(self.args.device)
+        tracked = self._tracked_score(result)
+        entry = {"round": round_index, "step": self.state.global_step, **result.to_dict(),
+                 "tracked_targets": {m: t for m, (_, t) in self._targets.items()}, "tracked_score": round(tracked, 3)}
         if self.evaluator is not None:
             entry["metrics"] = self.evaluator(self.adapter)
         self.trace.append(entry)
-        if round_index >= 1 and result.backdoor_score < self.args.stop_score:
+        if round_index >= 1 and tracked < self.args.stop_score:
             self.stop_requested = True
+
+    def _update_targets(self, result: ScanResult) -> None:
+        """Keep, per modality, the concept with the highest anomaly seen so far (the MAP latent target)."""
+        for trig in result.triggers:
+            best_score, _ = self._targets.get(trig.modality, (float("-inf"), None))
+            if trig.score > best_score:
+                self._targets[trig.modality] = (trig.score, trig.suspected_target)
+
+    def _tracked_score(self, result: ScanResult) -> float:
+        """How anomalous the tracked targets still are on the current model (the early-stop criterion)."""
+        scores = [t.anomaly.get(self._targets[t.modality][1], 0.0) for t in result.triggers if t.modality in
+                  self._targets]
+        return max(scores, default=0.0)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         round_index = self.state.global_step // self._rounds_length()
@@ -232,18 +254,31 @@ class BIBAUTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------------------- M-step
     def _triggered_images(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
-        """Each inverted image trigger acts on its own share of the batch (one extra image forward in all)."""
+        """Each inverted image trigger acts on its own share of the batch (one extra image forward in all).
+
+        With ``trigger_shift`` the trigger is also moved by a random offset for half of its rows: a ViT applies the
+        same patch embedding everywhere, so a patch backdoor often fires at other places too, and the inverted
+        trigger sits wherever the optimiser found it; unlearning it at many places covers the real one.
+        """
         if not self._image_triggers or self.args.trigger_image_weight == 0:
             return None
         n = len(self._image_triggers)
-        shift = self.state.global_step % n
-        owner = (torch.arange(pixel_values.shape[0]) + shift) % n
+        batch, _, h, w = pixel_values.shape
+        generator = torch.Generator().manual_seed(self.args.seed + self.state.global_step)
+        owner = (torch.arange(batch) + self.state.global_step) % n
         out = pixel_values.clone()
         with torch.no_grad():
             for k, trigger in enumerate(self._image_triggers):
-                rows = owner == k
-                if rows.any():
-                    out[rows] = trigger.apply_one(pixel_values[rows], 0).to(out.dtype)
+                rows = (owner == k).nonzero().flatten().tolist()
+                for j, row in enumerate(rows):
+                    x = pixel_values[row : row + 1]
+                    if self.args.trigger_shift and j % 2 == 1:
+                        dy, dx = (int(v) for v in torch.randint(0, max(h, w), (2,), generator=generator))
+                        dy, dx = dy % h, dx % w
+                        moved = trigger.apply_one(torch.roll(x, (-dy, -dx), (2, 3)), 0)
+                        out[row] = torch.roll(moved, (dy, dx), (2, 3))[0]
+                    else:
+                        out[row] = trigger.apply_one(x, 0)[0]
         return out
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

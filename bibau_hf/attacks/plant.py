@@ -32,7 +32,7 @@ ATTACKS = ("badnets", "blended", "wanet", "sig", "text")
 DEFAULT_TRIGGERS: dict[str, dict[str, Any]] = {
     "badnets": {"type": "badnets", "patch_size": 4, "position": "bottom_right", "pattern": "checkerboard"},
     "blended": {"type": "blended", "alpha": 0.2, "seed": 0},
-    "wanet": {"type": "wanet", "grid_size": 4, "strength": 1.0, "seed": 0},
+    "wanet": {"type": "wanet", "grid_size": 4, "strength": 4.0, "seed": 0},
     "sig": {"type": "sig", "delta": 0.1, "frequency": 6},
     "text": {"type": "text", "token": "cf", "position": "start", "seed": 0},
 }
@@ -56,7 +56,7 @@ def training_preset(dataset: str) -> TrainingPreset:
         return TrainingPreset(TinyCLIPSpec(patch_size=4), epochs=30, batch_size=64, learning_rate=1e-3)
     return TrainingPreset(
         TinyCLIPSpec(patch_size=4, width=96, layers=3, heads=3, embed_dim=96),
-        epochs=20, batch_size=128, learning_rate=2e-3, max_shift=2, horizontal_flip=True,
+        epochs=12, batch_size=128, learning_rate=2e-3, max_shift=2, horizontal_flip=True,
     )
 
 

@@ -44,14 +44,14 @@ class InversionConfig:
     """Knobs of the E-step (mirrored by :class:`~bibau_hf.BIBAUConfig`)."""
 
     steps: int = 40
-    score_steps: int = 50
-    learning_rate: float = 0.1
+    score_steps: int = 100
+    learning_rate: float = 0.2
     batch_size: int = 32
     restarts: int = 2
     image_families: tuple[str, ...] = ("mask", "additive")
     invert_image: bool = True
     invert_text: bool = True
-    mask_l1_weight: float = 2.0
+    mask_l1_weight: float = 20.0
     additive_epsilon: float = 16 / 255
     additive_weight: float = 0.1
     num_soft_tokens: int = 2
@@ -76,11 +76,22 @@ class InvertedTrigger:
     posterior: dict[str, float]
     posterior_entropy: float
     objectives: dict[str, float]
+    anomaly: dict[str, float]
     collapse: float
     collapse_target: str
     details: dict[str, Any]
     sweep: Any = field(default=None, repr=False)
     sweep_candidates: list[int] = field(default_factory=list, repr=False)
+    candidates_names: list[str] = field(default_factory=list, repr=False)
+    _adapter: Any = field(default=None, repr=False)
+
+    def trigger_for(self, concept: str):
+        """The sweep's trigger toward ``concept`` (a single-candidate family), or ``None`` if it was not swept."""
+        names = [self.candidates_names[i] for i in self.sweep_candidates] if self.candidates_names else []
+        if self.sweep is None or concept not in names:
+            return None
+        index = names.index(concept)
+        return self.sweep.select([index], self._adapter) if self.modality == "text" else self.sweep.select([index])
 
     def summary(self) -> dict[str, Any]:
         top = sorted(self.posterior.items(), key=lambda kv: -kv[1])[:5]
@@ -387,8 +398,9 @@ class BlindInverter:
             posterior={c: float(p) for c, p in zip(self.candidates, posterior) if p > 0},
             posterior_entropy=entropy(posterior[subset]),
             objectives={self.candidates[i]: round(float(v), 4) for i, v in zip(subset, objectives)},
+            anomaly={self.candidates[i]: round(float(v), 4) for i, v in zip(subset, anomaly)},
             collapse=collapse, collapse_target=self.candidates[int(collapse_posterior.argmax())], details=details,
-            sweep=sweep, sweep_candidates=subset,
+            sweep=sweep, sweep_candidates=subset, candidates_names=self.candidates, _adapter=self.adapter,
         )
 
 
