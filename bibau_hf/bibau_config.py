@@ -39,8 +39,11 @@ class BIBAUConfig(TrainingArguments):
         default="both", metadata={"help": "Which encoders to invert triggers on: both, image or text."}
     )
     trigger_families: list[str] = field(
-        default_factory=lambda: ["mask", "additive"],
-        metadata={"help": "Image trigger families to invert: mask (mask-and-pattern) and/or additive (L-inf)."},
+        default_factory=lambda: ["mask"],
+        metadata={
+            "help": "Image trigger families to invert: mask (mask-and-pattern) and/or additive (L-inf). additive is off "
+            "by default: on tiny models it finds universal adversarial noise for every concept alike."
+        },
     )
     inversion_steps: int = field(default=40, metadata={"help": "Optimisation steps of each untargeted inversion."})
     inversion_learning_rate: float = field(default=0.2, metadata={"help": "Adam learning rate of the inversion."})
@@ -96,7 +99,7 @@ class BIBAUConfig(TrainingArguments):
         metadata={"help": "β: push triggered images away from the suspected target (relative to their own caption)."},
     )
     prior_weight: float = field(
-        default=10.0, metadata={"help": "γ: weight of the prior that keeps the model near the suspect model."}
+        default=30.0, metadata={"help": "γ: weight of the prior that keeps the model near the suspect model."}
     )
     prior_type: str = field(
         default="distill",
@@ -118,8 +121,9 @@ class BIBAUConfig(TrainingArguments):
         default=False, metadata={"help": "Allow writing into a non-empty output folder."}
     )
     # ---------------------------------------------------------------------- TrainingArguments defaults we change
+    output_dir: str | None = field(default="outputs/bibau_clean", metadata={"help": "Where the purified model goes."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the M-step."})
-    num_train_epochs: float = field(default=30.0, metadata={"help": "Epochs over the clean set (all rounds)."})
+    num_train_epochs: float = field(default=60.0, metadata={"help": "Epochs over the clean set (all rounds)."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Clean pairs per device and step."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule."})

@@ -256,25 +256,26 @@ class BIBAUTrainer(Trainer):
     def _triggered_images(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
         """Each inverted image trigger acts on its own share of the batch (one extra image forward in all).
 
-        With ``trigger_shift`` the trigger is also moved by a random offset for half of its rows: a ViT applies the
-        same patch embedding everywhere, so a patch backdoor often fires at other places too, and the inverted
-        trigger sits wherever the optimiser found it; unlearning it at many places covers the real one.
+        With ``trigger_shift`` the trigger is also moved, for three rows in four, by a random whole number of the
+        vision tower's patches: a ViT applies the same patch embedding everywhere, so a patch backdoor fires in other
+        grid cells too, and the inversion finds it in whichever cell the optimiser reached first; unlearning it in
+        every cell covers the cell the attacker used.
         """
         if not self._image_triggers or self.args.trigger_image_weight == 0:
             return None
         n = len(self._image_triggers)
         batch, _, h, w = pixel_values.shape
+        # The data may be smaller or larger than the model input; move by patches measured in data pixels.
+        step = max(1, round(self.adapter.patch_size * h / self.adapter.image_size))
         generator = torch.Generator().manual_seed(self.args.seed + self.state.global_step)
         owner = (torch.arange(batch) + self.state.global_step) % n
         out = pixel_values.clone()
         with torch.no_grad():
             for k, trigger in enumerate(self._image_triggers):
-                rows = (owner == k).nonzero().flatten().tolist()
-                for j, row in enumerate(rows):
+                for j, row in enumerate((owner == k).nonzero().flatten().tolist()):
                     x = pixel_values[row : row + 1]
-                    if self.args.trigger_shift and j % 2 == 1:
-                        dy, dx = (int(v) for v in torch.randint(0, max(h, w), (2,), generator=generator))
-                        dy, dx = dy % h, dx % w
+                    if self.args.trigger_shift and j % 4 != 0:
+                        dy, dx = (int(v) * step for v in torch.randint(0, max(h, w) // step, (2,), generator=generator))
                         moved = trigger.apply_one(torch.roll(x, (-dy, -dx), (2, 3)), 0)
                         out[row] = torch.roll(moved, (dy, dx), (2, 3))[0]
                     else:

@@ -26,3 +26,20 @@ def _tiny_models():
 def tiny_model(request, _tiny_models):
     """A fresh copy of a tiny model, for each backend."""
     return copy.deepcopy(_tiny_models[request.param])
+
+
+@pytest.fixture(scope="session")
+def planted_badnets(tmp_path_factory):
+    """The lab's default digits model with a planted BadNets backdoor (target 0), trained once per test session."""
+    from bibau_hf.attacks.plant import PlantConfig, plant_backdoor
+
+    out = tmp_path_factory.mktemp("planted") / "badnets"
+    result = plant_backdoor(PlantConfig(attack="badnets", output_dir=str(out), progress=False))
+    return out, result
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    from bibau_hf.data import load_digits_data
+
+    return load_digits_data()

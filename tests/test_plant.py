@@ -18,18 +18,16 @@ from bibau_hf.errors import AttackSpecError, DataError, OutputDirError, UnsafeCh
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("planted") / "badnets"
-    config = PlantConfig(attack="badnets", output_dir=str(out), epochs=12, poison_rate=0.08, progress=False)
-    return out, plant_backdoor(config)
+@pytest.fixture
+def planted(planted_badnets):
+    return planted_badnets
 
 
 def test_small_plant_run_reaches_high_asr_and_keeps_clean_accuracy(planted):
     _, result = planted
     metrics = result.record["metrics"]
     assert metrics["attack_success_rate"] >= 0.9
-    assert metrics["clean_accuracy"] >= 0.8
+    assert metrics["clean_accuracy"] >= 0.9
 
 
 def test_plant_writes_native_model_and_attack_json(planted):
@@ -37,7 +35,7 @@ def test_plant_writes_native_model_and_attack_json(planted):
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     record = json.loads((out / "attack.json").read_text())
     assert record["trigger"]["type"] == "badnets"
-    assert record["num_poisoned"] == round(0.08 * record["num_train_pairs"])
+    assert record["num_poisoned"] == round(0.05 * record["num_train_pairs"])
     assert record["metrics"] == result.record["metrics"]
 
 

@@ -6,6 +6,7 @@ produce predictions or embeddings and delegate to those definitions. Models are 
 """
 
 from .encoding import EncoderLike, ImageTrigger, TextTrigger, encode_images, encode_texts
+from .evaluator import ZeroShotEvaluator
 from .metrics import (
     attack_success_rate,
     clean_accuracy,
@@ -23,6 +24,7 @@ from .zero_shot import (
 )
 
 __all__ = [
+    "ZeroShotEvaluator",
     "EncoderLike",
     "ImageTrigger",
     "TextTrigger",

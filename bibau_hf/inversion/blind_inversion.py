@@ -48,7 +48,7 @@ class InversionConfig:
     learning_rate: float = 0.2
     batch_size: int = 32
     restarts: int = 2
-    image_families: tuple[str, ...] = ("mask", "additive")
+    image_families: tuple[str, ...] = ("mask",)
     invert_image: bool = True
     invert_text: bool = True
     mask_l1_weight: float = 20.0

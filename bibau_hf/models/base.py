@@ -82,6 +82,11 @@ class ContrastiveAdapter(nn.Module):
         """The (exponentiated) temperature of the contrastive logits, a scalar tensor."""
 
     @property
+    def patch_size(self) -> int:
+        """The vision tower's patch size (1 for towers without patches); triggers move on this grid."""
+        return 1
+
+    @property
     def embed_dim(self) -> int:
         with torch.no_grad():
             return int(self.encode_text(self.tokenize(["a"])).shape[-1])

@@ -45,6 +45,10 @@ class HFCLIPAdapter(ContrastiveAdapter):
         return self.native_model.config
 
     @property
+    def patch_size(self) -> int:
+        return int(self.config.vision_config.patch_size)
+
+    @property
     def token_embedding(self) -> nn.Embedding:
         return self.native_model.text_model.embeddings.token_embedding
 

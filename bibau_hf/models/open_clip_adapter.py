@@ -61,6 +61,11 @@ class OpenCLIPAdapter(ContrastiveAdapter):
         return native.text if hasattr(native, "text") else native
 
     @property
+    def patch_size(self) -> int:
+        size = self.model_cfg.get("vision_cfg", {}).get("patch_size", 1)
+        return int(size[0] if isinstance(size, (list, tuple)) else size or 1)
+
+    @property
     def token_embedding(self) -> nn.Embedding:
         return self._text_tower.token_embedding
 

@@ -1,0 +1,178 @@
+"""The cleaning job behind ``recipes/clean_clip.py`` and ``bibau-hf clean``: load, measure, BI-BAU, save, report.
+
+With no model given it runs the embedded demo: it plants (and caches) the lab's default digits BadNets model, gives
+BI-BAU 5 % of the training pairs as clean data and reports CA, ASR and the backdoor score before and after.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .attacks.plant import ATTACK_FILE, PlantConfig, check_output_dir, load_attack, plant_backdoor
+from .bibau_config import BIBAUConfig
+from .bibau_trainer import REPORT_FILE, BIBAUTrainer
+from .contrastive import train_contrastive
+from .data import DIGIT_CLASS_NAMES, ImageTextDataset, ZeroShotSet
+from .data.sources import is_builtin, load_train_and_eval
+from .errors import DataError
+from .evaluation import ZeroShotEvaluator
+from .models import load_adapter
+
+DEMO_FRACTION = 0.05
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("BIBAU_HF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bibau_hf")
+    return os.path.join(base, "demo")
+
+
+@dataclass
+class CleanArguments:
+    """What to clean, with which clean data, and how to measure it (the method's knobs are in BIBAUConfig)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Suspect model: local folder or Hub id (HF or open_clip). Empty: the demo."}
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Clean data: 'digits', a .npz arrays file, or a datasets name/path. Default: digits."},
+    )
+    image_column: str = field(default="image", metadata={"help": "Image column of a datasets source."})
+    caption_column: str | None = field(default="caption", metadata={"help": "Caption column of a datasets source."})
+    label_column: str | None = field(
+        default=None, metadata={"help": "Label column (for clean accuracy on the eval split); optional."}
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split holding the clean pairs."})
+    eval_split: str = field(default="test", metadata={"help": "Split used to measure clean accuracy / ASR."})
+    max_clean_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many clean pairs (seeded, stratified where labelled)."}
+    )
+    clean_fraction: float | None = field(
+        default=None, metadata={"help": "Use this fraction of the clean pairs (the demo uses 0.05)."}
+    )
+    class_names: list[str] = field(
+        default_factory=list, metadata={"help": "Class names for zero-shot accuracy (when labels are plain ints)."}
+    )
+    eval_attack: str | None = field(
+        default=None,
+        metadata={"help": "A planted model folder or its attack.json: measure ASR with that known trigger."},
+    )
+    compare_clean_finetune: bool = field(
+        default=False,
+        metadata={"help": "Also time plain clean fine-tuning on the same data and epochs (on a copy; not saved)."},
+    )
+    demo_cache_dir: str = field(
+        default_factory=default_cache_dir, metadata={"help": "Where the demo's planted model is cached."}
+    )
+
+
+def _demo_model(args: CleanArguments) -> str:
+    """Plant the demo's backdoored model once and reuse it."""
+    folder = Path(args.demo_cache_dir) / "digits_badnets_hf"
+    if not (folder / ATTACK_FILE).is_file():
+        print(f"[bibau] planting the demo backdoor (digits, BadNets, 5 %) into {folder} ...")
+        plant_backdoor(PlantConfig(output_dir=str(folder), overwrite_output_dir=True))
+    return str(folder)
+
+
+def _load_clean_data(args: CleanArguments, image_size: int, seed: int) -> tuple[ImageTextDataset, ZeroShotSet | None]:
+    dataset = args.dataset_name or "digits"
+    train, test = load_train_and_eval(
+        dataset, image_size=32 if is_builtin(dataset) else image_size, seed=seed, image_column=args.image_column,
+        caption_column=args.caption_column, label_column=args.label_column, train_split=args.dataset_split,
+        eval_split=args.eval_split, class_names=args.class_names or None,
+    )
+    if args.clean_fraction is not None:
+        if not 0 < args.clean_fraction <= 1:
+            raise DataError(f"clean_fraction must be in (0, 1], got {args.clean_fraction}")
+        train = train.take_fraction(args.clean_fraction, seed=seed)
+    if args.max_clean_samples is not None and args.max_clean_samples < len(train):
+        train = train.take(args.max_clean_samples, seed=seed)
+    return train, test
+
+
+def format_table(report: dict[str, Any], clean_finetune_seconds: float | None = None) -> str:
+    """The before/after table printed at the end of a run."""
+    before, after = report["metrics_before"], report["metrics_after"]
+    rows = [("metric", "before", "after")]
+    for key, label in (("clean_accuracy", "clean accuracy (CA)"), ("attack_success_rate", "attack success (ASR)"),
+                       ("robust_accuracy", "robust accuracy (RA)"),
+                       ("text_attack_success_rate", "text attack success"), ("backdoor_score", "backdoor score")):
+        if key in before or key in after:
+            fmt = "{:.3f}" if key == "backdoor_score" else "{:.2%}"
+            rows.append((label, fmt.format(before[key]) if key in before else "-",
+                         fmt.format(after[key]) if key in after else "-"))
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in width))
+    timing = report["timing"]
+    lines.append(f"suspected target: {report['suspected_target']!r}; BI-BAU took {timing['total_seconds']:.1f}s "
+                 f"(inversion {timing['e_step_seconds']:.1f}s)")
+    if clean_finetune_seconds is not None:
+        ratio = timing["total_seconds"] / max(clean_finetune_seconds, 1e-9)
+        lines.append(f"plain clean fine-tuning on the same data and epochs: {clean_finetune_seconds:.1f}s "
+                     f"(BI-BAU / clean fine-tuning = {ratio:.2f}x)")
+    return "\n".join(lines)
+
+
+def run_clean(args: CleanArguments, config: BIBAUConfig) -> dict[str, Any]:
+    """Clean a model with BI-BAU; returns the report (also written beside the saved model)."""
+    check_output_dir(config.output_dir, config.overwrite_output_dir)
+    demo = args.model_name_or_path is None
+    if demo:
+        args.model_name_or_path = _demo_model(args)
+        args.eval_attack = args.eval_attack or args.model_name_or_path
+        if args.clean_fraction is None and args.max_clean_samples is None:
+            args.clean_fraction = DEMO_FRACTION
+        args.compare_clean_finetune = True
+    model = load_adapter(args.model_name_or_path, device=config.device)
+    train, test = _load_clean_data(args, model.image_size, config.seed)
+    trigger, target = None, None
+    if args.eval_attack:
+        trigger, record = load_attack(args.eval_attack)
+        target = record["target_class"]
+        if test is None:
+            raise DataError("--eval_attack needs a labelled evaluation set: pass --label_column (and --eval_split)")
+    if not config.concept_names:
+        if test is not None:
+            config.concept_names = list(test.class_names)
+        elif (args.dataset_name or "digits") == "digits":
+            config.concept_names = list(DIGIT_CLASS_NAMES)
+    evaluator = ZeroShotEvaluator(test, trigger, target) if test is not None else None
+    print(f"[bibau] {len(train)} clean pairs; model {args.model_name_or_path} ({model.backend})")
+
+    clean_ft_seconds = None
+    if args.compare_clean_finetune:
+        clean_ft_seconds = _time_clean_finetune(args.model_name_or_path, train, config)
+
+    trainer = BIBAUTrainer(model, config, train, evaluator=evaluator, base_model_name=args.model_name_or_path)
+    trainer.train()
+    report = trainer.report
+    report["dataset"] = args.dataset_name or "digits"
+    report["eval_attack"] = args.eval_attack
+    if clean_ft_seconds is not None:
+        report["timing"]["clean_finetune_seconds"] = round(clean_ft_seconds, 2)
+    trainer.save_model(config.output_dir)
+    if trainer.is_world_process_zero():
+        print(format_table(report, clean_ft_seconds))
+        print(f"[bibau] purified model and {REPORT_FILE} written to {config.output_dir}")
+    return report
+
+
+def _time_clean_finetune(model_path: str, train: ImageTextDataset, config: BIBAUConfig) -> float:
+    """Wall time of plain CLIP fine-tuning on the same pairs, epochs, batch size and learning rate."""
+    model = load_adapter(model_path, device=config.device)
+    started = time.time()
+    train_contrastive(
+        model, train.images, train.captions, epochs=int(config.num_train_epochs),
+        batch_size=config.per_device_train_batch_size, learning_rate=config.learning_rate, weight_decay=0.0,
+        warmup_fraction=0.0, seed=config.seed, progress=False,
+    )
+    return time.time() - started
+
+
+__all__ = ["CleanArguments", "format_table", "run_clean"]

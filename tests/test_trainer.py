@@ -1,0 +1,213 @@
+"""BIBAUTrainer and BIBAUConfig: loss terms, EM rounds, LoRA, native save, bad inputs."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from bibau_hf.attacks.plant import load_attack
+from bibau_hf.bibau_config import BIBAUConfig
+from bibau_hf.bibau_trainer import REPORT_FILE, BIBAUTrainer, distributed_clip_loss
+from bibau_hf.contrastive import clip_loss
+from bibau_hf.data import ImageTextDataset
+from bibau_hf.errors import BIBAUError
+from bibau_hf.evaluation import ZeroShotEvaluator
+from bibau_hf.models import load_adapter
+
+FAST = dict(
+    inversion_steps=5, score_steps=40, inversion_batch_size=16, inversion_restarts=1, disable_tqdm=True,
+    logging_steps=1000, report_to="none", seed=0, final_scan=False,
+)
+
+
+def make_config(tmp_path, **kwargs) -> BIBAUConfig:
+    values = dict(FAST, output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=16)
+    values.update(kwargs)
+    return BIBAUConfig(**values)
+
+
+def small_clean_set(digits_data, n=64) -> ImageTextDataset:
+    train, _ = digits_data
+    return train.take(n, seed=0)
+
+
+def test_distributed_clip_loss_equals_clip_loss_in_one_process():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    scale = torch.tensor(10.0)
+    torch.testing.assert_close(distributed_clip_loss(a, b, scale), clip_loss(a, b, scale))
+
+
+def test_config_rejects_bad_values(tmp_path):
+    with pytest.raises(BIBAUError, match="trigger families"):
+        make_config(tmp_path, trigger_families=["warp"])
+    with pytest.raises(BIBAUError, match="invert_towers"):
+        make_config(tmp_path, invert_towers="audio")
+    with pytest.raises(BIBAUError, match="em_rounds"):
+        make_config(tmp_path, em_rounds=0)
+    with pytest.raises(BIBAUError, match="prior_type"):
+        make_config(tmp_path, prior_type="kl")
+
+
+def test_every_loss_term_is_computed_and_logged(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 32)
+    config = make_config(tmp_path, max_steps=1, em_rounds=1, concept_names=digits_data[1].class_names)
+    trainer = BIBAUTrainer(tiny_model, config, data)
+    trainer.train()
+    assert set(trainer.trace[0]) >= {"backdoor_score", "suspected_target", "triggers"}
+    logged = trainer.state.log_history[-1]
+    for term in ("clean", "trigger_image", "trigger_text", "push", "prior"):
+        assert f"bibau/{term}" in logged, term
+    assert logged["bibau/prior"] >= 0
+
+
+def test_disabled_terms_are_not_computed(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 32)
+    config = make_config(tmp_path, max_steps=1, em_rounds=1, invert_towers="image", trigger_families=["mask"],
+                         push_weight=0, prior_type="none")
+    trainer = BIBAUTrainer(tiny_model, config, data)
+    trainer.train()
+    logged = trainer.state.log_history[-1]
+    assert "bibau/trigger_image" in logged
+    assert "bibau/trigger_text" not in logged and "bibau/push" not in logged and "bibau/prior" not in logged
+
+
+def test_distillation_prior_is_zero_at_the_suspect_model(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 16)
+    trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, prior_type="distill"), data)
+    batch = trainer.data_collator([data[i] for i in range(16)])
+    out = tiny_model(batch["pixel_values"], batch["input_ids"])
+    prior = trainer._prior(batch["pixel_values"], batch["input_ids"], out["image_embeds"], out["text_embeds"])
+    assert float(prior) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_l2_prior_grows_when_weights_move(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 16)
+    trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, prior_type="l2"), data)
+    assert float(trainer._prior(None, None, None, None)) == 0.0
+    with torch.no_grad():
+        next(p for p in tiny_model.parameters() if p.requires_grad).add_(0.1)
+    assert float(trainer._prior(None, None, None, None)) > 0.0
+
+
+def test_push_term_ignores_images_already_matching_the_target(tiny_model, digits_data, tmp_path):
+    # The push is relative to the own caption: an image whose own caption is the target concept costs nothing.
+    direction = torch.nn.functional.normalize(torch.randn(32), dim=-1)
+    trig = direction.unsqueeze(0).repeat(4, 1)
+    gap = trig @ direction - (trig * direction.unsqueeze(0)).sum(-1)
+    assert torch.relu(gap).sum() == 0
+
+
+def test_image_inversion_finds_the_planted_patch(planted_badnets, digits_data):
+    from bibau_hf.inversion import InversionConfig, scan
+
+    folder, _ = planted_badnets
+    model = load_adapter(folder)
+    train, test = digits_data
+    clean = train.take_fraction(0.05, seed=0)
+    config = InversionConfig(progress=False, invert_text=False, image_families=("mask",), seed=0)
+    result = scan(model, clean.images, clean.captions, concepts=test.class_names, config=config)
+    found = result.triggers[0]
+    assert found.suspected_target == "zero"
+    assert found.score > 2.0
+    mask = found.trigger.mask()[0, 0].detach()
+    pattern = found.trigger.pattern()[0].detach().mean(0)
+    # The patch-4 ViT sees the 4x4 checkerboard as one patch token wherever it lies on the 4-pixel grid, so the
+    # backdoor fires in any grid cell and "finding the patch" means finding it up to that translation: the mask is
+    # small, one grid cell dominates it, and inside that cell the pattern is the checkerboard (white top-left).
+    assert mask.sum() < 2 * 16
+    cells = mask.reshape(8, 4, 8, 4).sum(dim=(1, 3)).flatten()
+    top = cells.sort(descending=True).values
+    assert top[0] >= 2 * top[1]
+    cell = int(cells.argmax())
+    r0, c0 = (cell // 8) * 4, (cell % 8) * 4
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    checkerboard = ((rows + cols) % 2 == 0).float()
+    used = mask[r0 : r0 + 4, c0 : c0 + 4] > 0.25
+    agreement = ((pattern[r0 : r0 + 4, c0 : c0 + 4][used] > 0.5).float() == checkerboard[used]).float().mean()
+    assert used.sum() >= 3 and agreement >= 0.75
+    # And the inverted trigger really drags clean test images to the target.
+    from bibau_hf.evaluation import predict, zero_shot_classifier
+
+    classifier = zero_shot_classifier(model, test.class_names, test.templates)
+    with torch.no_grad():
+        preds = predict(model, found.trigger.apply_one(test.images[:200].float() / 255, 0), classifier)
+    assert (preds == 0).float().mean() > 0.9
+
+
+def test_one_em_round_lowers_asr(planted_badnets, digits_data, tmp_path):
+    folder, result = planted_badnets
+    model = load_adapter(folder)
+    train, test = digits_data
+    trigger, record = load_attack(folder)
+    evaluator = ZeroShotEvaluator(test, trigger, record["target_class"])
+    before = evaluator(model)
+    config = make_config(tmp_path, em_rounds=1, num_train_epochs=40, per_device_train_batch_size=32,
+                         invert_towers="image", score_steps=100, inversion_batch_size=32,
+                         concept_names=test.class_names)
+    BIBAUTrainer(model, config, train.take_fraction(0.05, seed=0)).train()
+    after = evaluator(model)
+    assert before["attack_success_rate"] > 0.9
+    # One round only dents the backdoor (the next E-step, on the partly cleaned model, finds what is left).
+    assert after["attack_success_rate"] <= before["attack_success_rate"] - 0.1
+    assert after["clean_accuracy"] >= before["clean_accuracy"] - 0.03
+
+
+def test_lora_trains_only_adapter_weights_and_leaves_base_unchanged(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 32)
+    original = copy.deepcopy(tiny_model)
+    config = make_config(tmp_path, max_steps=2, em_rounds=1, use_lora=True, learning_rate=1e-2,
+                         keep_lora_adapter=True, prior_type="distill")
+    trainer = BIBAUTrainer(tiny_model, config, data)
+    peft_model = tiny_model.model
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    base_before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" not in n}
+    trainer.train()
+    lora_state = trainer._lora_state
+    for name, param in lora_state.named_parameters():
+        if "lora_" not in name:
+            torch.testing.assert_close(param, base_before[name], msg=name)
+    # The merged output differs from the suspect model (the adapter learnt something) ...
+    images = torch.rand(2, 3, 32, 32)
+    assert not torch.allclose(tiny_model.encode_image(images), original.encode_image(images))
+    # ... and with the adapter disabled the base is exactly the suspect model.
+    with lora_state.disable_adapter():
+        base_out = lora_state.get_image_features(pixel_values=original.preprocess(images)) if (
+            original.backend == "hf") else lora_state.encode_image(original.preprocess(images))
+    base_out = base_out.pooler_output if hasattr(base_out, "pooler_output") else base_out
+    expected = original.encode_image(images, normalize=False)
+    torch.testing.assert_close(base_out, expected)
+    trainer.save_model()
+    assert (tmp_path / "out" / "lora_adapter" / "adapter_config.json").is_file()
+
+
+def test_save_writes_native_format_and_report(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 32)
+    trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, max_steps=1, em_rounds=1), data)
+    trainer.train()
+    trainer.save_model()
+    out = tmp_path / "out"
+    reloaded = load_adapter(out)
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(reloaded.encode_image(images), tiny_model.encode_image(images))
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["method"] == "BI-BAU" and report["backend"] == tiny_model.backend
+    assert report["rounds"][0]["backdoor_score"] >= 0
+    assert "torch" in report["versions"]
+    assert not (out / "training_args.bin").exists()  # nothing pickled
+
+
+def test_too_few_clean_samples_for_a_batch_is_refused(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 8)
+    with pytest.raises(BIBAUError, match="too few"):
+        BIBAUTrainer(tiny_model, make_config(tmp_path, per_device_train_batch_size=16), data)
+
+
+def test_trainer_refuses_a_raw_model(digits_data, tmp_path):
+    with pytest.raises(BIBAUError, match="ContrastiveAdapter"):
+        BIBAUTrainer(torch.nn.Linear(2, 2), make_config(tmp_path), small_clean_set(digits_data, 32))
