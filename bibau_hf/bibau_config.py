@@ -27,10 +27,11 @@ class BIBAUConfig(TrainingArguments):
         default=3, metadata={"help": "EM rounds: each starts with an E-step (inversion) and then unlearns."}
     )
     stop_score: float = field(
-        default=2.0,
+        default=0.0,
         metadata={
-            "help": "Early stop when the backdoor score (an anomaly index over candidate concepts) falls below this "
-            "level after a round of unlearning (~2 is the usual outlier threshold)."
+            "help": "Early stop when the tracked target's anomaly score falls below this level after a round (0: run "
+            "every round). Off by default: after one round the score drops below the usual outlier level (~2) while "
+            "most of the backdoor is still there (see docs/METHOD_NOTES.md)."
         },
     )
     final_scan: bool = field(default=True, metadata={"help": "Run one more E-step after training, for the report."})
@@ -45,14 +46,15 @@ class BIBAUConfig(TrainingArguments):
             "by default: on tiny models it finds universal adversarial noise for every concept alike."
         },
     )
-    inversion_steps: int = field(default=40, metadata={"help": "Optimisation steps of each untargeted inversion."})
+    inversion_steps: int = field(default=20, metadata={"help": "Optimisation steps of each untargeted inversion."})
     inversion_learning_rate: float = field(default=0.2, metadata={"help": "Adam learning rate of the inversion."})
     inversion_batch_size: int = field(default=32, metadata={"help": "Clean pairs per inversion step."})
     inversion_restarts: int = field(
         default=2, metadata={"help": "Random restarts per family, optimised together; the best is kept."}
     )
     score_steps: int = field(
-        default=100, metadata={"help": "Steps of the per-concept targeted inversion (the score's sweep)."}
+        default=100,
+        metadata={"help": "Steps of the per-concept targeted inversion (the score's sweep); half when warm-started."},
     )
     max_candidates: int = field(
         default=16, metadata={"help": "Most candidate concepts in the score's targeted inversion."}

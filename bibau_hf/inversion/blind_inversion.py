@@ -43,7 +43,7 @@ DEFAULT_CONCEPT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image
 class InversionConfig:
     """Knobs of the E-step (mirrored by :class:`~bibau_hf.BIBAUConfig`)."""
 
-    steps: int = 40
+    steps: int = 20
     score_steps: int = 100
     learning_rate: float = 0.2
     batch_size: int = 32
@@ -367,8 +367,11 @@ class BlindInverter:
         # 2. targeted sweep, one trigger per candidate concept
         subset = self._candidate_subset(collapse_posterior)
         sweep = side.make(len(subset), generator)
+        steps = cfg.score_steps
         if previous is not None and previous.sweep_candidates == subset:
+            # Continue last round's triggers: they start near their optimum, so half the steps suffice.
             sweep.load_state_dict(previous.sweep.state_dict())
+            steps = max(1, steps // 2)
         labels = torch.tensor(subset, device=targets.device)
         scale = self.adapter.logit_scale().detach()
 
@@ -378,7 +381,7 @@ class BlindInverter:
             ce = F.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(emb.shape[1]), reduction="none")
             return ce.view(len(subset), -1).mean(-1) + side.weight * sweep.prior_cost()
 
-        self._optimise(list(sweep.parameters()), lambda: sweep_objective(*sampler()).sum(), cfg.score_steps,
+        self._optimise(list(sweep.parameters()), lambda: sweep_objective(*sampler()).sum(), steps,
                        f"score {side.modality}/{side.family}")
         with torch.no_grad():
             objectives = sweep_objective(*sampler()).cpu()
