@@ -42,8 +42,8 @@ class BIBAUConfig(TrainingArguments):
     trigger_families: list[str] = field(
         default_factory=lambda: ["mask"],
         metadata={
-            "help": "Image trigger families to invert: mask (mask-and-pattern) and/or additive (L-inf). additive is off "
-            "by default: on tiny models it finds universal adversarial noise for every concept alike."
+            "help": "Image trigger families to invert: mask (mask-and-pattern) and/or additive (L-inf). additive is "
+            "off by default: on tiny models it finds universal adversarial noise for every concept alike."
         },
     )
     inversion_steps: int = field(default=20, metadata={"help": "Optimisation steps of each untargeted inversion."})

@@ -275,7 +275,8 @@ class BIBAUTrainer(Trainer):
                 for j, row in enumerate((owner == k).nonzero().flatten().tolist()):
                     x = pixel_values[row : row + 1]
                     if self.args.trigger_shift and j % 4 != 0:
-                        dy, dx = (int(v) * step for v in torch.randint(0, max(h, w) // step, (2,), generator=generator))
+                        cells = torch.randint(0, max(h, w) // step, (2,), generator=generator)
+                        dy, dx = (int(v) * step for v in cells)
                         moved = trigger.apply_one(torch.roll(x, (-dy, -dx), (2, 3)), 0)
                         out[row] = torch.roll(moved, (dy, dx), (2, 3))[0]
                     else:

@@ -70,7 +70,9 @@ class PlantConfig:
     dataset: str = field(
         default="digits", metadata={"help": "'digits', a .npz arrays file, or a datasets name/path (with labels)."}
     )
-    model_backend: str = field(default="hf", metadata={"help": "Backend of a model trained from scratch: hf or open_clip."})
+    model_backend: str = field(
+        default="hf", metadata={"help": "Backend of a model trained from scratch: hf or open_clip."}
+    )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Fine-tune this model instead of training a tiny one from scratch."}
     )

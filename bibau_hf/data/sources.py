@@ -71,5 +71,5 @@ def load_train_and_eval(
     if templates is not None:
         test = ZeroShotSet(test.images, test.labels, test.class_names, list(templates))
     if max_eval_samples is not None and max_eval_samples < len(test):
-        raise DataError("max_eval_samples is only supported for datasets sources; built-ins use their fixed test split")
+        raise DataError("max_eval_samples only applies to datasets sources; built-ins use their fixed test split")
     return train, test

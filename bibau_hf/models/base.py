@@ -193,7 +193,9 @@ class ContrastiveAdapter(nn.Module):
         if triggered_pixel_values is not None:
             out["triggered_image_embeds"] = image_embeds[batch:]
         if soft_tokens is not None:
-            out["triggered_text_embeds"] = self.encode_text(input_ids, soft_tokens=soft_tokens, soft_position=soft_position)
+            out["triggered_text_embeds"] = self.encode_text(
+                input_ids, soft_tokens=soft_tokens, soft_position=soft_position
+            )
         return out
 
     # ---------------------------------------------------------------------------------------- soft tokens

@@ -1,4 +1,4 @@
-"""Adapter for transformers ``CLIPModel`` (native format: ``config.json`` + ``model.safetensors`` + processor files)."""
+"""Adapter for transformers ``CLIPModel`` (native: ``config.json``, ``model.safetensors``, processor files)."""
 
 from __future__ import annotations
 
