@@ -34,6 +34,13 @@ class BIBAUConfig(TrainingArguments):
             "most of the backdoor is still there (see docs/METHOD_NOTES.md)."
         },
     )
+    unlearn_threshold: float = field(
+        default=2.0,
+        metadata={
+            "help": "Unlearn a tower's inverted trigger only once its anomaly score has reached this level (a clean "
+            "tower's triggers are natural shortcuts; unlearning them costs accuracy). 0 always unlearns."
+        },
+    )
     final_scan: bool = field(default=True, metadata={"help": "Run one more E-step after training, for the report."})
     # ------------------------------------------------------------------------------------------------ E-step
     invert_towers: str = field(
@@ -95,6 +102,10 @@ class BIBAUConfig(TrainingArguments):
     )
     trigger_shift: bool = field(
         default=True, metadata={"help": "Also apply the inverted image trigger at random offsets in the M-step."}
+    )
+    invariance_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight pulling triggered images' embeddings onto the suspect model's clean embeddings."},
     )
     push_weight: float = field(
         default=1.0,
@@ -158,7 +169,7 @@ class BIBAUConfig(TrainingArguments):
         if not 0 < self.additive_epsilon <= 1:
             raise BIBAUError(f"additive_epsilon must be in (0, 1], got {self.additive_epsilon}")
         for name in ("mask_l1_weight", "clean_weight", "trigger_image_weight", "trigger_text_weight",
-                     "push_weight", "prior_weight", "posterior_temperature", "soft_token_norm_weight"):
+                     "invariance_weight", "push_weight", "prior_weight", "posterior_temperature", "soft_token_norm_weight"):
             if getattr(self, name) < 0:
                 raise BIBAUError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.per_device_train_batch_size < 2:

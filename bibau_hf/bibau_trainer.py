@@ -208,14 +208,16 @@ class BIBAUTrainer(Trainer):
         self._timing["e_step_seconds"] += time.time() - started
         self.scans.append(result)
         self._update_targets(result)
-        image_target = self._targets.get("image", (0.0, None))[1]
-        text_target = self._targets.get("text", (0.0, None))[1]
+        image_target = self._unlearning_target("image")
+        text_target = self._unlearning_target("text")
         # Unlearn the trigger toward the tracked target of each modality: the latent target of a backdoor does not
         # change between rounds, so a round whose most anomalous concept is a natural one does not redirect it.
-        self._image_triggers = [t.trigger_for(image_target) or t.trigger for t in result.image_triggers()]
+        self._image_triggers = []
+        if image_target is not None:
+            self._image_triggers = [t.trigger_for(image_target) or t.trigger for t in result.image_triggers()]
         text = result.text_triggers()
         self._soft_tokens = None
-        if text:
+        if text and text_target is not None:
             chosen = text[0].trigger_for(text_target) or text[0].trigger
             self._soft_tokens = chosen.tokens[0].detach().clone()
         self._target_direction = None
@@ -237,6 +239,12 @@ class BIBAUTrainer(Trainer):
             best_score, _ = self._targets.get(trig.modality, (float("-inf"), None))
             if trig.score > best_score:
                 self._targets[trig.modality] = (trig.score, trig.suspected_target)
+
+    def _unlearning_target(self, modality: str) -> str | None:
+        """The modality's tracked target, if its anomaly ever reached ``unlearn_threshold`` (else nothing to
+        unlearn there: inverting a clean tower only finds natural shortcuts, and unlearning those costs accuracy)."""
+        score, target = self._targets.get(modality, (0.0, None))
+        return target if score >= self.args.unlearn_threshold else None
 
     def _tracked_score(self, result: ScanResult) -> float:
         """How anomalous the tracked targets still are on the current model (the early-stop criterion)."""
@@ -306,6 +314,13 @@ class BIBAUTrainer(Trainer):
                                      distributed_clip_loss(images, out["triggered_text_embeds"], scale))
         if args.prior_weight > 0 and args.prior_type != "none":
             terms["prior"] = (args.prior_weight, self._prior(pixel_values, input_ids, images, texts))
+        if triggered is not None and args.invariance_weight > 0:
+            # Representation-level unlearning: a triggered image must embed where the *clean* image embeds, so the
+            # trigger feature itself is suppressed rather than only its mapping to the target caption.
+            target = images.detach() if args.prior_type != "distill" else self._reference_embeddings(
+                pixel_values, input_ids)["image_embeds"]
+            terms["invariance"] = (args.invariance_weight,
+                                   ((out["triggered_image_embeds"] - target) ** 2).sum(-1).mean())
         loss = sum(weight * value for weight, value in terms.values())
         for name, (_, value) in terms.items():
             self._metrics[name].append(float(value.detach()))

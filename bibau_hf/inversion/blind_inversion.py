@@ -10,8 +10,8 @@ mask-and-pattern, image additive, text soft tokens):
 2. *Targeted sweep* (one trigger per candidate concept, optimised together): the objective reached for concept k,
    J_k = CE(T(x) → k) + λ · prior, measures how cheaply the model is dragged to k within the prior's budget.
 3. *Score and posterior*: a backdoor target is an outlier among the concepts' costs; the score is the anomaly index
-   (median J − min J) / (1.4826 · MAD J) (Neural Cleanse, Wang et al. 2019), calibrated by the model's own natural
-   variation across concepts. The posterior is q(z_k) ∝ exp(−(J_k − median J) / (1.4826 · MAD J)); its mode is the
+   (median − min) / (1.4826 · MAD) of log J (Neural Cleanse's anomaly index, Wang et al. 2019, on log costs), calibrated by the model's own natural
+   variation across concepts. The posterior is q(z_k) ∝ exp(anomaly_k); its mode is the
    suspected target, and the sweep's trigger for it is the inverted trigger used for unlearning.
 
 Why the sweep and not only the collapse trigger: on planted models the collapse optimum is often a natural
@@ -56,6 +56,8 @@ class InversionConfig:
     additive_weight: float = 0.1
     num_soft_tokens: int = 2
     soft_token_position: int = 1
+    text_search: str = "tokens"
+    token_candidates: int = 64
     soft_token_norm_weight: float = 1.0
     own_pair_weight: float = 1.0
     posterior_temperature: float = 50.0
@@ -162,10 +164,15 @@ def pairwise_agreement(emb: torch.Tensor) -> torch.Tensor:
 
 
 def anomaly_scores(objectives: torch.Tensor) -> torch.Tensor:
-    """(median − J_k) / (1.4826 · MAD) for every candidate k (positive = cheaper than typical)."""
-    median = objectives.median()
-    mad = (objectives - median).abs().median() * 1.4826
-    return (median - objectives) / (mad + 1e-6)
+    """(median − log J_k) / (1.4826 · MAD) over log J, for every candidate k (positive = cheaper than typical).
+
+    On a log scale because J is dominated by a cross-entropy, itself −log p: a backdoor reaches p ≈ 1 (J → 0) while
+    natural shortcuts level off at J ~ 1, and that difference is a ratio, not a gap.
+    """
+    values = torch.log(objectives.clamp_min(0) + 1e-4)
+    median = values.median()
+    mad = (values - median).abs().median() * 1.4826
+    return (median - values) / (mad + 1e-6)
 
 
 def entropy(probs: torch.Tensor) -> float:
@@ -366,6 +373,15 @@ class BlindInverter:
 
         # 2. targeted sweep, one trigger per candidate concept
         subset = self._candidate_subset(collapse_posterior)
+        if side.modality == "text" and cfg.text_search == "tokens":
+            sweep, objectives = self._token_sweep(targets, subset, sampler)
+        else:
+            sweep, objectives = self._continuous_sweep(side, targets, subset, sampler, generator, previous)
+        return self._result(side, sweep, subset, objectives, collapse, collapse_posterior)
+
+    def _continuous_sweep(self, side: _Side, targets, subset, sampler, generator, previous):
+        """Optimise one continuous trigger per candidate (under the family's prior); returns it and J_k."""
+        cfg = self.config
         sweep = side.make(len(subset), generator)
         steps = cfg.score_steps
         if previous is not None and previous.sweep_candidates == subset:
@@ -385,8 +401,56 @@ class BlindInverter:
                        f"score {side.modality}/{side.family}")
         with torch.no_grad():
             objectives = sweep_objective(*sampler()).cpu()
+        return sweep, objectives
 
-        # 3. score and posterior from the concepts' costs
+    def _token_sweep(self, targets: torch.Tensor, subset: list[int], sampler: BatchSampler):
+        """For each candidate, the vocabulary token whose insertion drags captions to it most cheaply.
+
+        Continuous soft tokens reach every concept about equally easily (they are not words), so the text side
+        searches real tokens: first-order scores (the gradient at a probe token, as in HotFlip) pick
+        ``token_candidates`` tokens per concept, which are then evaluated exactly. J_k is the best token's loss.
+        """
+        cfg, adapter = self.config, self.adapter
+        weight = adapter.token_embedding.weight.detach()
+        position = cfg.soft_token_position
+        scale = adapter.logit_scale().detach()
+        _, ids = sampler()
+        ids = ids.to(adapter.device)
+        probe = weight.mean(0, keepdim=True).clone().requires_grad_(True)
+        log_p = torch.log_softmax(scale * adapter.encode_text(ids, soft_tokens=probe, soft_position=position)
+                                  @ targets.t(), dim=-1)
+        grads = torch.stack([
+            torch.autograd.grad(-log_p[:, k].mean(), probe, retain_graph=True)[0][0] for k in subset
+        ])
+        scores = -(grads @ weight.t())  # first-order decrease of each concept's loss, per vocabulary token
+        banned = [adapter.placeholder_token_id, adapter.eos_token_id, adapter.pad_token_id]
+        scores[:, banned] = float("-inf")
+        # A concept's own name is its natural shortcut, not a trigger: "seven" inserted in a caption is about seven.
+        for row, k in enumerate(subset):
+            scores[row, adapter.tokenize([self.candidates[k]])[0]] = float("-inf")
+        candidates = scores.topk(min(cfg.token_candidates, weight.shape[0] - len(banned)), dim=1).indices
+        _, ids = sampler()
+        ids = ids.to(adapter.device)
+        batch = ids.shape[0]
+        best_tokens, objectives = [], []
+        with torch.no_grad():
+            for row, k in enumerate(subset):
+                tokens = candidates[row]
+                values = weight[tokens].unsqueeze(1).repeat_interleave(batch, dim=0)  # [M*B, 1, w]
+                emb = adapter.encode_text(ids.repeat(len(tokens), 1), soft_tokens=values, soft_position=position)
+                logits = scale * emb @ targets.t()
+                ce = F.cross_entropy(logits, torch.full((len(logits),), k, device=logits.device), reduction="none")
+                ce = ce.view(len(tokens), batch).mean(1)
+                best = int(ce.argmin())
+                best_tokens.append(int(tokens[best]))
+                objectives.append(float(ce[best]))
+        sweep = SoftTokenTrigger(adapter, len(subset), 1, position).to(adapter.device)
+        with torch.no_grad():
+            sweep.tokens.copy_(weight[best_tokens].unsqueeze(1))
+        return sweep, torch.tensor(objectives)
+
+    def _result(self, side: _Side, sweep, subset, objectives, collapse, collapse_posterior) -> InvertedTrigger:
+        """Score and posterior from the concepts' costs; the trigger toward the most anomalous one."""
         anomaly = anomaly_scores(objectives)
         best_k = int(anomaly.argmax())
         posterior = torch.zeros(len(self.candidates))
