@@ -48,15 +48,22 @@ class TrainingPreset:
     learning_rate: float
     max_shift: int = 0
     horizontal_flip: bool = False
+    trigger_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def training_preset(dataset: str) -> TrainingPreset:
-    """The lab's training schedule for a dataset: digits trains a 2-layer model, anything else a 3-layer one."""
+    """The lab's training schedule for a dataset: digits trains a 2-layer model, anything else a 3-layer one.
+
+    Natural images with augmentation need stronger global triggers to be learnt in 12 epochs at 5 % poison
+    (measured on the CIFAR-10 subset: Blended α = 0.2 reached 56 % ASR, α = 0.3 100 %). WaNet is not rescued by
+    strength (4: 6 %, 8: 23 %): random flips and shifts make its warp inconsistent between epochs.
+    """
     if str(dataset).lower() == "digits":
         return TrainingPreset(TinyCLIPSpec(patch_size=4), epochs=30, batch_size=64, learning_rate=1e-3)
     return TrainingPreset(
         TinyCLIPSpec(patch_size=4, width=96, layers=3, heads=3, embed_dim=96),
         epochs=12, batch_size=128, learning_rate=2e-3, max_shift=2, horizontal_flip=True,
+        trigger_overrides={"blended": {"alpha": 0.3}},
     )
 
 
@@ -103,7 +110,9 @@ class PlantConfig:
             raise AttackSpecError(f"target_class must be a class index >= 0, got {self.target_class}")
 
     def trigger_spec(self) -> dict[str, Any]:
+        """The attack's default trigger, with the dataset preset's and then the user's overrides."""
         spec = dict(DEFAULT_TRIGGERS[self.attack])
+        spec.update(training_preset(self.dataset).trigger_overrides.get(self.attack, {}))
         if self.trigger:
             try:
                 overrides = json.loads(self.trigger) if isinstance(self.trigger, str) else dict(self.trigger)
