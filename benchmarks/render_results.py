@@ -32,8 +32,8 @@ def lab_table(data: dict) -> list[str]:
 
 def defense_table(name: str, data: dict) -> list[str]:
     lines = [f"### {name} (`{data['command']}`)", "",
-             "Percentages; ASR is text ASR for the text trigger; *retuned* = ASR after the retuning attack (5 poisoned + "
-             "100 clean pairs, 5 epochs).", "",
+             "Percentages; ASR is text ASR for the text trigger; *retuned* = ASR after the retuning attack "
+             "(5 poisoned + 100 clean pairs, 5 epochs).", "",
              "| attack | clean ref CA / ASR / retuned | no defense CA / ASR | clean FT CA / ASR / retuned / DER | "
              "BI-BAU CA / ASR / retuned / DER | score: clean ref / before / after | BI-BAU s (clean FT s) |",
              "|---|---|---|---|---|---|---|"]

@@ -169,7 +169,8 @@ class BIBAUConfig(TrainingArguments):
         if not 0 < self.additive_epsilon <= 1:
             raise BIBAUError(f"additive_epsilon must be in (0, 1], got {self.additive_epsilon}")
         for name in ("mask_l1_weight", "clean_weight", "trigger_image_weight", "trigger_text_weight",
-                     "invariance_weight", "push_weight", "prior_weight", "posterior_temperature", "soft_token_norm_weight"):
+                     "invariance_weight", "push_weight", "prior_weight", "posterior_temperature",
+                     "soft_token_norm_weight"):
             if getattr(self, name) < 0:
                 raise BIBAUError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.per_device_train_batch_size < 2:

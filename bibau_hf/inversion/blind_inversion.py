@@ -10,9 +10,9 @@ mask-and-pattern, image additive, text soft tokens):
 2. *Targeted sweep* (one trigger per candidate concept, optimised together): the objective reached for concept k,
    J_k = CE(T(x) → k) + λ · prior, measures how cheaply the model is dragged to k within the prior's budget.
 3. *Score and posterior*: a backdoor target is an outlier among the concepts' costs; the score is the anomaly index
-   (median − min) / (1.4826 · MAD) of log J (Neural Cleanse's anomaly index, Wang et al. 2019, on log costs), calibrated by the model's own natural
-   variation across concepts. The posterior is q(z_k) ∝ exp(anomaly_k); its mode is the
-   suspected target, and the sweep's trigger for it is the inverted trigger used for unlearning.
+   (median − min) / (1.4826 · MAD) of log J (Neural Cleanse's statistic, Wang et al. 2019, on log costs), so it is
+   calibrated by the model's own natural variation across concepts. The posterior is q(z_k) ∝ exp(anomaly_k); its
+   mode is the suspected target, and the sweep's trigger for it is the inverted trigger used for unlearning.
 
 Why the sweep and not only the collapse trigger: on planted models the collapse optimum is often a natural
 adversarial patch toward some other concept (and a clean model collapses just as confidently), so the collapse
