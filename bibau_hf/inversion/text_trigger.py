@@ -55,9 +55,6 @@ class SoftTokenTrigger(nn.Module):
         emb = adapter.encode_text(ids, soft_tokens=values, soft_position=self.position)
         return emb.view(self.num_candidates, batch, -1)
 
-    def embed_one(self, adapter: ContrastiveAdapter, input_ids: torch.Tensor, index: int) -> torch.Tensor:
-        return adapter.encode_text(input_ids, soft_tokens=self.tokens[index], soft_position=self.position)
-
     def select(self, indices: list[int], adapter: ContrastiveAdapter) -> SoftTokenTrigger:
         new = SoftTokenTrigger(adapter, len(indices), self.num_tokens, self.position)
         with torch.no_grad():
