@@ -6,6 +6,7 @@ test session always has; torchrun starts clean processes instead.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -53,17 +54,18 @@ def check_trigger_sync(rank: int, world: int) -> None:
     assert mean_over_ranks(float(rank)) == (world - 1) / 2
 
 
-def main() -> int:
+def main() -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    try:
-        check_clip_loss(rank, world)
-        check_trigger_sync(rank, world)
-    finally:
-        dist.destroy_process_group()
-    print(f"rank {rank}: ok")
-    return 0
+    check_clip_loss(rank, world)
+    check_trigger_sync(rank, world)
+    dist.barrier()
+    print(f"rank {rank}: ok", flush=True)
+    sys.stdout.flush()
+    # Leave without interpreter teardown: gloo's background threads sometimes abort at exit ("terminate called
+    # without an active exception") after every check has passed, which would turn a passing run red at random.
+    os._exit(0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
