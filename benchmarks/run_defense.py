@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from bibau_hf.attacks.retune import retuning_attack
     from bibau_hf.bibau_config import BIBAUConfig
     from bibau_hf.bibau_trainer import BIBAUTrainer
-    from bibau_hf.contrastive import train_contrastive
+    from bibau_hf.clean_pipeline import clean_finetune
     from bibau_hf.data.sources import load_train_and_eval
     from bibau_hf.evaluation import ZeroShotEvaluator, defense_effectiveness_rate
     from bibau_hf.inversion import scan
@@ -92,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         # Plain clean fine-tuning with the same data, epochs, batch size and learning rate.
         finetuned = load_adapter(folder)
-        started = time.time()
-        train_contrastive(finetuned, clean_set.images, clean_set.captions, epochs=int(config.num_train_epochs),
-                          batch_size=config.per_device_train_batch_size, learning_rate=config.learning_rate,
-                          weight_decay=0.0, warmup_fraction=0.0, seed=args.seed, progress=False)
-        ft_seconds = time.time() - started
+        ft_seconds = clean_finetune(finetuned, clean_set, config)
         ft_metrics = evaluator(finetuned)
         ft_retuned = retuned_asr(finetuned)
 

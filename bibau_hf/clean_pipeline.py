@@ -20,7 +20,7 @@ from .data import DIGIT_CLASS_NAMES, ImageTextDataset, ZeroShotSet
 from .data.sources import is_builtin, load_train_and_eval
 from .errors import DataError
 from .evaluation import ZeroShotEvaluator
-from .models import load_adapter
+from .models import ContrastiveAdapter, load_adapter
 
 DEMO_FRACTION = 0.05
 
@@ -147,7 +147,7 @@ def run_clean(args: CleanArguments, config: BIBAUConfig) -> dict[str, Any]:
 
     clean_ft_seconds = None
     if args.compare_clean_finetune:
-        clean_ft_seconds = _time_clean_finetune(args.model_name_or_path, train, config)
+        clean_ft_seconds = clean_finetune(load_adapter(args.model_name_or_path, device=config.device), train, config)
 
     trainer = BIBAUTrainer(model, config, train, evaluator=evaluator, base_model_name=args.model_name_or_path)
     trainer.train()
@@ -163,9 +163,9 @@ def run_clean(args: CleanArguments, config: BIBAUConfig) -> dict[str, Any]:
     return report
 
 
-def _time_clean_finetune(model_path: str, train: ImageTextDataset, config: BIBAUConfig) -> float:
-    """Wall time of plain CLIP fine-tuning on the same pairs, epochs, batch size and learning rate."""
-    model = load_adapter(model_path, device=config.device)
+def clean_finetune(model: ContrastiveAdapter, train: ImageTextDataset, config: BIBAUConfig) -> float:
+    """Plain CLIP fine-tuning of ``model`` (in place) with BI-BAU's pairs, epochs, batch size and learning rate: the
+    baseline BI-BAU is compared with. Returns its wall time in seconds."""
     started = time.time()
     train_contrastive(
         model, train.images, train.captions, epochs=int(config.num_train_epochs),
@@ -175,4 +175,4 @@ def _time_clean_finetune(model_path: str, train: ImageTextDataset, config: BIBAU
     return time.time() - started
 
 
-__all__ = ["CleanArguments", "format_table", "run_clean"]
+__all__ = ["CleanArguments", "clean_finetune", "format_table", "run_clean"]

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..contrastive import tokenize_all
+from ..evaluation.zero_shot import zero_shot_classifier
 from ..models.base import ContrastiveAdapter
 from .distributed import all_reduce_gradients
 from .image_trigger import build_image_trigger
@@ -183,14 +184,10 @@ def entropy(probs: torch.Tensor) -> float:
 def concept_embeddings(
     adapter: ContrastiveAdapter, concepts: Sequence[str], templates: Sequence[str] | None
 ) -> torch.Tensor:
-    """Normalised text embedding per concept: mean over prompt templates (or the concept text itself)."""
+    """Normalised text embedding per concept: the zero-shot class embedding (templates), or the concept text itself."""
     if not templates:
         return adapter.encode_text(tokenize_all(adapter, list(concepts)).to(adapter.device))
-    rows = []
-    for concept in concepts:
-        emb = adapter.encode_text(adapter.tokenize([t.format(concept) for t in templates]))
-        rows.append(F.normalize(emb.mean(0), dim=-1))
-    return torch.stack(rows)
+    return zero_shot_classifier(adapter, list(concepts), list(templates)).to(adapter.device)
 
 
 class BatchSampler:
