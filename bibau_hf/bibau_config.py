@@ -55,7 +55,7 @@ class BIBAUConfig(TrainingArguments):
     )
     inversion_steps: int = field(default=20, metadata={"help": "Optimisation steps of each untargeted inversion."})
     inversion_learning_rate: float = field(default=0.2, metadata={"help": "Adam learning rate of the inversion."})
-    inversion_batch_size: int = field(default=32, metadata={"help": "Clean pairs per inversion step."})
+    inversion_batch_size: int = field(default=16, metadata={"help": "Clean pairs per inversion step."})
     inversion_restarts: int = field(
         default=2, metadata={"help": "Random restarts per family, optimised together; the best is kept."}
     )
@@ -104,8 +104,12 @@ class BIBAUConfig(TrainingArguments):
         default=True, metadata={"help": "Also apply the inverted image trigger at random offsets in the M-step."}
     )
     invariance_weight: float = field(
-        default=0.0,
-        metadata={"help": "Weight pulling triggered images' embeddings onto the suspect model's clean embeddings."},
+        default=1.0,
+        metadata={
+            "help": "Weight of representation invariance: after every vision block, a triggered image's class token "
+            "is pulled onto the suspect model's class token for the clean image (removes the trigger's features, "
+            "not only their mapping; what makes the unlearning survive the retuning attack). 0 turns it off."
+        },
     )
     push_weight: float = field(
         default=1.0,

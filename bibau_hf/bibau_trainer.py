@@ -133,6 +133,11 @@ class BIBAUTrainer(Trainer):
                 f"{len(train_dataset)} clean pairs are too few for one batch of {args.per_device_train_batch_size} "
                 f"per device on {world} device(s); give more clean data or lower --per_device_train_batch_size"
             )
+        if args.invariance_weight > 0 and args.invert_image and not model.vision_blocks:
+            raise BIBAUError(
+                f"invariance_weight > 0 needs a transformer vision tower, and this {model.backend} model has none "
+                "(e.g. a ResNet tower); pass --invariance_weight 0"
+            )
         self.adapter = model
         self.evaluator = evaluator
         self.base_model_name = base_model_name
@@ -190,12 +195,18 @@ class BIBAUTrainer(Trainer):
             raise BIBAUError(f"could not attach LoRA to modules {targets}: {err}") from err
         self._lora = True
 
-    def _reference_embeddings(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _reference_outputs(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, class_token_states: bool = False
+    ) -> dict[str, torch.Tensor] | None:
+        """The suspect model's outputs on clean inputs (the base with LoRA disabled, or the frozen copy); ``None``
+        when the run keeps no reference (full fine-tuning with an ``l2``/``none`` prior)."""
         with torch.no_grad():
             if self._lora:
                 with self.adapter.model.disable_adapter():
-                    return self.adapter(pixel_values, input_ids)
-            return self.reference(pixel_values, input_ids)
+                    return self.adapter(pixel_values, input_ids, class_token_states=class_token_states)
+            if self.reference is None:
+                return None
+            return self.reference(pixel_values, input_ids, class_token_states=class_token_states)
 
     # ----------------------------------------------------------------------------------------------- E-step
     def _rounds_length(self) -> int:
@@ -204,14 +215,18 @@ class BIBAUTrainer(Trainer):
     def _e_step(self, round_index: int) -> None:
         started = time.time()
         previous = self.scans[-1].triggers if self.scans else None
-        result = self.inverter.run(previous=previous)
+        if not self.scans:
+            result = self.inverter.run()
+            self._set_targets(result)
+        else:
+            # The latent target was estimated on the unmodified model; later rounds only re-invert the trigger
+            # toward it on the current model (its anomalies there are partly our own unlearning's doing).
+            focus = {m: t for m in ("image", "text") if (t := self._unlearning_target(m)) is not None}
+            result = self.inverter.run(previous=previous, focus=focus)
         self._timing["e_step_seconds"] += time.time() - started
         self.scans.append(result)
-        self._update_targets(result)
         image_target = self._unlearning_target("image")
         text_target = self._unlearning_target("text")
-        # Unlearn the trigger toward the tracked target of each modality: the latent target of a backdoor does not
-        # change between rounds, so a round whose most anomalous concept is a natural one does not redirect it.
         self._image_triggers = []
         if image_target is not None:
             self._image_triggers = [t.trigger_for(image_target) or t.trigger for t in result.image_triggers()]
@@ -233,8 +248,8 @@ class BIBAUTrainer(Trainer):
         if round_index >= 1 and tracked < self.args.stop_score:
             self.stop_requested = True
 
-    def _update_targets(self, result: ScanResult) -> None:
-        """Keep, per modality, the concept with the highest anomaly seen so far (the MAP latent target)."""
+    def _set_targets(self, result: ScanResult) -> None:
+        """Per modality, the MAP latent target of the suspect model's scan and its anomaly score."""
         for trig in result.triggers:
             best_score, _ = self._targets.get(trig.modality, (float("-inf"), None))
             if trig.score > best_score:
@@ -296,8 +311,11 @@ class BIBAUTrainer(Trainer):
         pixel_values, input_ids = inputs["pixel_values"], inputs["input_ids"]
         triggered = self._triggered_images(pixel_values)
         soft = self._soft_tokens if args.trigger_text_weight > 0 else None
+        invariance = triggered is not None and args.invariance_weight > 0
         out = model(pixel_values, input_ids, triggered_pixel_values=triggered, soft_tokens=soft,
-                    soft_position=args.soft_token_position)
+                    soft_position=args.soft_token_position, class_token_states=invariance)
+        distill = args.prior_weight > 0 and args.prior_type == "distill"
+        ref = self._reference_outputs(pixel_values, input_ids, invariance) if distill or invariance else None
         scale = out["logit_scale"]
         images, texts = out["image_embeds"], out["text_embeds"]
         terms: dict[str, tuple[float, torch.Tensor]] = {
@@ -313,22 +331,23 @@ class BIBAUTrainer(Trainer):
             terms["trigger_text"] = (args.trigger_text_weight,
                                      distributed_clip_loss(images, out["triggered_text_embeds"], scale))
         if args.prior_weight > 0 and args.prior_type != "none":
-            terms["prior"] = (args.prior_weight, self._prior(pixel_values, input_ids, images, texts))
-        if triggered is not None and args.invariance_weight > 0:
-            # Representation-level unlearning: a triggered image must embed where the *clean* image embeds, so the
-            # trigger feature itself is suppressed rather than only its mapping to the target caption.
-            target = images.detach() if args.prior_type != "distill" else self._reference_embeddings(
-                pixel_values, input_ids)["image_embeds"]
+            terms["prior"] = (args.prior_weight, self._prior(images, texts, ref))
+        if invariance:
+            # Representation-level unlearning: after every vision block, a triggered image's class token must sit
+            # where the suspect model puts the *clean* image's. Unlearning only the output mapping leaves the
+            # trigger's features in place, and a few poisoned pairs re-link them (the retuning attack).
+            states = out["image_class_states"]
+            batch = pixel_values.shape[0]
+            clean_states = ref["image_class_states"] if ref is not None else states[:, :batch].detach()
             terms["invariance"] = (args.invariance_weight,
-                                   ((out["triggered_image_embeds"] - target) ** 2).sum(-1).mean())
+                                   ((states[:, batch:] - clean_states) ** 2).mean((1, 2)).sum())
         loss = sum(weight * value for weight, value in terms.values())
         for name, (_, value) in terms.items():
             self._metrics[name].append(float(value.detach()))
         return (loss, out) if return_outputs else loss
 
-    def _prior(self, pixel_values, input_ids, images, texts) -> torch.Tensor:
+    def _prior(self, images: torch.Tensor, texts: torch.Tensor, ref: dict[str, torch.Tensor] | None) -> torch.Tensor:
         if self.args.prior_type == "distill":
-            ref = self._reference_embeddings(pixel_values, input_ids)
             return ((images - ref["image_embeds"]) ** 2).sum(-1).mean() + ((texts - ref["text_embeds"]) ** 2).sum(
                 -1
             ).mean()

@@ -60,7 +60,7 @@ def test_every_loss_term_is_computed_and_logged(tiny_model, digits_data, tmp_pat
     trainer.train()
     assert set(trainer.trace[0]) >= {"backdoor_score", "suspected_target", "triggers"}
     logged = trainer.state.log_history[-1]
-    for term in ("clean", "trigger_image", "trigger_text", "push", "prior"):
+    for term in ("clean", "trigger_image", "trigger_text", "push", "prior", "invariance"):
         assert f"bibau/{term}" in logged, term
     assert logged["bibau/prior"] >= 0
 
@@ -68,12 +68,13 @@ def test_every_loss_term_is_computed_and_logged(tiny_model, digits_data, tmp_pat
 def test_disabled_terms_are_not_computed(tiny_model, digits_data, tmp_path):
     data = small_clean_set(digits_data, 32)
     config = make_config(tmp_path, max_steps=1, em_rounds=1, invert_towers="image", trigger_families=["mask"],
-                         push_weight=0, prior_type="none")
+                         push_weight=0, prior_type="none", invariance_weight=0)
     trainer = BIBAUTrainer(tiny_model, config, data)
     trainer.train()
     logged = trainer.state.log_history[-1]
     assert "bibau/trigger_image" in logged
-    assert "bibau/trigger_text" not in logged and "bibau/push" not in logged and "bibau/prior" not in logged
+    for term in ("trigger_text", "push", "prior", "invariance"):
+        assert f"bibau/{term}" not in logged, term
 
 
 def test_distillation_prior_is_zero_at_the_suspect_model(tiny_model, digits_data, tmp_path):
@@ -81,17 +82,51 @@ def test_distillation_prior_is_zero_at_the_suspect_model(tiny_model, digits_data
     trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, prior_type="distill"), data)
     batch = trainer.data_collator([data[i] for i in range(16)])
     out = tiny_model(batch["pixel_values"], batch["input_ids"])
-    prior = trainer._prior(batch["pixel_values"], batch["input_ids"], out["image_embeds"], out["text_embeds"])
+    ref = trainer._reference_outputs(batch["pixel_values"], batch["input_ids"])
+    prior = trainer._prior(out["image_embeds"], out["text_embeds"], ref)
     assert float(prior) == pytest.approx(0.0, abs=1e-8)
+
+
+class _PixelTrigger:
+    """A stand-in inverted image trigger: ``fn`` applied to a batch."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def apply_one(self, images: torch.Tensor, index: int) -> torch.Tensor:
+        return self.fn(images)
+
+
+def _white_corner(images: torch.Tensor) -> torch.Tensor:
+    out = images.clone()
+    out[..., -6:, -6:] = 1.0
+    return out
+
+
+def test_invariance_term_measures_how_far_triggered_class_tokens_move(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 16)
+    trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, invariance_weight=1.0), data)
+    batch = trainer.data_collator([data[i] for i in range(16)])
+    values = {}
+    for name, fn in (("identity", lambda x: x), ("patch", _white_corner)):
+        trainer._image_triggers = [_PixelTrigger(fn)]
+        trainer._metrics.clear()
+        trainer.compute_loss(tiny_model, batch)
+        values[name] = trainer._metrics["invariance"][0]
+    # A trigger that changes nothing leaves every class token where the suspect model puts the clean image's.
+    assert values["identity"] == pytest.approx(0.0, abs=1e-10)
+    assert values["patch"] > 1e-4
+    states = tiny_model(batch["pixel_values"], batch["input_ids"], class_token_states=True)["image_class_states"]
+    assert states.shape == (len(tiny_model.vision_blocks), 16, states.shape[-1])
 
 
 def test_l2_prior_grows_when_weights_move(tiny_model, digits_data, tmp_path):
     data = small_clean_set(digits_data, 16)
     trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, prior_type="l2"), data)
-    assert float(trainer._prior(None, None, None, None)) == 0.0
+    assert float(trainer._prior(None, None, None)) == 0.0
     with torch.no_grad():
         next(p for p in tiny_model.parameters() if p.requires_grad).add_(0.1)
-    assert float(trainer._prior(None, None, None, None)) > 0.0
+    assert float(trainer._prior(None, None, None)) > 0.0
 
 
 def test_push_term_ignores_images_already_matching_the_target(tiny_model, digits_data, tmp_path):
@@ -210,3 +245,16 @@ def test_too_few_clean_samples_for_a_batch_is_refused(tiny_model, digits_data, t
 def test_trainer_refuses_a_raw_model(digits_data, tmp_path):
     with pytest.raises(BIBAUError, match="ContrastiveAdapter"):
         BIBAUTrainer(torch.nn.Linear(2, 2), make_config(tmp_path), small_clean_set(digits_data, 32))
+
+
+def test_later_rounds_reinvert_only_toward_the_first_rounds_targets(tiny_model, digits_data, tmp_path):
+    config = make_config(tmp_path, max_steps=2, em_rounds=2, concept_names=digits_data[1].class_names)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    trainer.train()
+    first, second = trainer.trace
+    targets = first["tracked_targets"]
+    assert all(len(t["objectives"]) == 10 and not t["focused"] for t in first["triggers"])
+    assert {t["modality"] for t in second["triggers"]} == set(targets)
+    for trig in second["triggers"]:
+        assert trig["focused"] and trig["suspected_target"] == targets[trig["modality"]]
+        assert list(trig["objectives"]) == [targets[trig["modality"]]]

@@ -21,6 +21,7 @@ posterior alone neither finds the target nor detects a backdoor; the per-concept
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ class InversionConfig:
     steps: int = 20
     score_steps: int = 100
     learning_rate: float = 0.2
-    batch_size: int = 32
+    batch_size: int = 16
     restarts: int = 2
     image_families: tuple[str, ...] = ("mask",)
     invert_image: bool = True
@@ -83,6 +84,9 @@ class InvertedTrigger:
     collapse: float
     collapse_target: str
     details: dict[str, Any]
+    log_cost_median: float = 0.0
+    log_cost_mad: float = 1.0
+    focused: bool = False
     sweep: Any = field(default=None, repr=False)
     sweep_candidates: list[int] = field(default_factory=list, repr=False)
     candidates_names: list[str] = field(default_factory=list, repr=False)
@@ -106,7 +110,8 @@ class InvertedTrigger:
             "posterior_top": {k: round(v, 4) for k, v in top},
             "posterior_entropy": round(self.posterior_entropy, 4),
             "objectives": self.objectives,
-            "collapse": round(self.collapse, 4),
+            "focused": self.focused,
+            "collapse": None if math.isnan(self.collapse) else round(self.collapse, 4),
             "collapse_target": self.collapse_target,
             **self.details,
         }
@@ -164,16 +169,26 @@ def pairwise_agreement(emb: torch.Tensor) -> torch.Tensor:
     return ((total * total).sum(-1) - b) / (b * (b - 1))
 
 
-def anomaly_scores(objectives: torch.Tensor) -> torch.Tensor:
+def log_costs(objectives: torch.Tensor) -> torch.Tensor:
+    return torch.log(objectives.clamp_min(0) + 1e-4)
+
+
+def log_cost_statistics(objectives: torch.Tensor) -> tuple[float, float]:
+    """Median and scaled MAD (1.4826 · MAD) of log J over the candidates."""
+    values = log_costs(objectives)
+    median = values.median()
+    return float(median), float((values - median).abs().median() * 1.4826)
+
+
+def anomaly_scores(objectives: torch.Tensor, statistics: tuple[float, float] | None = None) -> torch.Tensor:
     """(median − log J_k) / (1.4826 · MAD) over log J, for every candidate k (positive = cheaper than typical).
 
     On a log scale because J is dominated by a cross-entropy, itself −log p: a backdoor reaches p ≈ 1 (J → 0) while
-    natural shortcuts level off at J ~ 1, and that difference is a ratio, not a gap.
+    natural shortcuts level off at J ~ 1, and that difference is a ratio, not a gap. ``statistics`` (median, scaled
+    MAD) of another sweep measure the costs against that sweep's concepts instead of their own.
     """
-    values = torch.log(objectives.clamp_min(0) + 1e-4)
-    median = values.median()
-    mad = (values - median).abs().median() * 1.4826
-    return (median - values) / (mad + 1e-6)
+    median, mad = statistics if statistics is not None else log_cost_statistics(objectives)
+    return (median - log_costs(objectives)) / (mad + 1e-6)
 
 
 def entropy(probs: torch.Tensor) -> float:
@@ -281,8 +296,16 @@ class BlindInverter:
     def _sampler(self, offset: int) -> BatchSampler:
         return BatchSampler(self.images, self.token_ids, self.config.batch_size, self.config.seed + offset)
 
-    def run(self, previous: list[InvertedTrigger] | None = None) -> ScanResult:
-        """Invert every enabled family; ``previous`` triggers warm-start the sweep (a moved backdoor is tracked)."""
+    def run(
+        self, previous: list[InvertedTrigger] | None = None, focus: dict[str, str] | None = None
+    ) -> ScanResult:
+        """Invert every enabled family; ``previous`` triggers warm-start the sweep (a moved backdoor is tracked).
+
+        With ``focus`` (modality → concept), only those modalities are inverted, each toward its one concept, warm
+        started from ``previous``; the score is that concept's anomaly against the previous sweep's cost statistics
+        (how far the model still is from its natural costs). It is the cheap E-step of the later EM rounds, once
+        the latent target has been estimated on the unmodified model.
+        """
         started = time.time()
         cfg = self.config
         was_training = self.adapter.training
@@ -298,10 +321,13 @@ class BlindInverter:
             sides = [(_Side(self, "image", f), image_targets) for f in cfg.image_families if cfg.invert_image]
             if cfg.invert_text:
                 sides.append((_Side(self, "text", "soft_tokens"), self._image_prototypes()))
-            results = [
-                self._invert(side, targets, 100 * (i + 1), previous_by_family.get((side.modality, side.family)))
-                for i, (side, targets) in enumerate(sides)
-            ]
+            results = []
+            for i, (side, targets) in enumerate(sides):
+                before = previous_by_family.get((side.modality, side.family))
+                if focus is None:
+                    results.append(self._invert(side, targets, 100 * (i + 1), before))
+                elif side.modality in focus:
+                    results.append(self._invert_toward(side, targets, 100 * (i + 1), before, focus[side.modality]))
         finally:
             for p, r in zip(self.adapter.parameters(), requires):
                 p.requires_grad_(r)
@@ -376,14 +402,34 @@ class BlindInverter:
             sweep, objectives = self._continuous_sweep(side, targets, subset, sampler, generator, previous)
         return self._result(side, sweep, subset, objectives, collapse, collapse_posterior)
 
-    def _continuous_sweep(self, side: _Side, targets, subset, sampler, generator, previous):
+    def _invert_toward(
+        self, side: _Side, targets: torch.Tensor, offset: int, previous: InvertedTrigger | None, concept: str
+    ) -> InvertedTrigger:
+        """Re-invert one family toward one concept (warm-started), scored against ``previous``'s statistics."""
+        cfg = self.config
+        generator = torch.Generator().manual_seed(cfg.seed + offset)
+        sampler = self._sampler(offset)
+        subset = [self.candidates.index(concept)]
+        if side.modality == "text" and cfg.text_search == "tokens":
+            sweep, objectives = self._token_sweep(targets, subset, sampler)
+        else:
+            start = previous.trigger_for(concept) if previous is not None else None
+            sweep, objectives = self._continuous_sweep(side, targets, subset, sampler, generator, None, start)
+        statistics = (previous.log_cost_median, previous.log_cost_mad) if previous is not None else None
+        result = self._result(side, sweep, subset, objectives, float("nan"), None, statistics)
+        result.focused = True
+        return result
+
+    def _continuous_sweep(self, side: _Side, targets, subset, sampler, generator, previous, start=None):
         """Optimise one continuous trigger per candidate (under the family's prior); returns it and J_k."""
         cfg = self.config
         sweep = side.make(len(subset), generator)
         steps = cfg.score_steps
-        if previous is not None and previous.sweep_candidates == subset:
+        if start is None and previous is not None and previous.sweep_candidates == subset:
+            start = previous.sweep
+        if start is not None:
             # Continue last round's triggers: they start near their optimum, so half the steps suffice.
-            sweep.load_state_dict(previous.sweep.state_dict())
+            sweep.load_state_dict(start.state_dict())
             steps = max(1, steps // 2)
         labels = torch.tensor(subset, device=targets.device)
         scale = self.adapter.logit_scale().detach()
@@ -446,9 +492,12 @@ class BlindInverter:
             sweep.tokens.copy_(weight[best_tokens].unsqueeze(1))
         return sweep, torch.tensor(objectives)
 
-    def _result(self, side: _Side, sweep, subset, objectives, collapse, collapse_posterior) -> InvertedTrigger:
+    def _result(
+        self, side: _Side, sweep, subset, objectives, collapse, collapse_posterior, statistics=None
+    ) -> InvertedTrigger:
         """Score and posterior from the concepts' costs; the trigger toward the most anomalous one."""
-        anomaly = anomaly_scores(objectives)
+        statistics = statistics or log_cost_statistics(objectives)
+        anomaly = anomaly_scores(objectives, statistics)
         best_k = int(anomaly.argmax())
         posterior = torch.zeros(len(self.candidates))
         posterior[subset] = torch.softmax(anomaly, dim=0)
@@ -463,8 +512,10 @@ class BlindInverter:
             posterior_entropy=entropy(posterior[subset]),
             objectives={self.candidates[i]: round(float(v), 4) for i, v in zip(subset, objectives)},
             anomaly={self.candidates[i]: round(float(v), 4) for i, v in zip(subset, anomaly)},
-            collapse=collapse, collapse_target=self.candidates[int(collapse_posterior.argmax())], details=details,
-            sweep=sweep, sweep_candidates=subset, candidates_names=self.candidates, _adapter=self.adapter,
+            collapse=collapse,
+            collapse_target="" if collapse_posterior is None else self.candidates[int(collapse_posterior.argmax())],
+            details=details, log_cost_median=statistics[0], log_cost_mad=statistics[1], sweep=sweep,
+            sweep_candidates=subset, candidates_names=self.candidates, _adapter=self.adapter,
         )
 
 

@@ -87,6 +87,12 @@ class ContrastiveAdapter(nn.Module):
         return 1
 
     @property
+    def vision_blocks(self) -> list[nn.Module]:
+        """The vision tower's transformer blocks, whose outputs are ``[B, L, width]`` token states (empty when the
+        tower is not a transformer); their class tokens are what the representation-invariance term compares."""
+        return []
+
+    @property
     def embed_dim(self) -> int:
         with torch.no_grad():
             return int(self.encode_text(self.tokenize(["a"])).shape[-1])
@@ -169,6 +175,7 @@ class ContrastiveAdapter(nn.Module):
         triggered_pixel_values: torch.Tensor | None = None,
         soft_tokens: torch.Tensor | None = None,
         soft_position: int = 1,
+        class_token_states: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Normalised embeddings and the logit scale: everything a contrastive step needs, in one call.
 
@@ -181,10 +188,14 @@ class ContrastiveAdapter(nn.Module):
             triggered_pixel_values: optional triggered images, embedded in the same image batch.
             soft_tokens: optional soft text-trigger vectors; the captions are embedded once more with them.
             soft_position: where the soft tokens go.
+            class_token_states: also return ``image_class_states`` ``[layers, B', width]``: the class token after
+                every vision block, for all images embedded (clean, then triggered).
         """
         batch = pixel_values.shape[0]
         images = pixel_values if triggered_pixel_values is None else torch.cat([pixel_values, triggered_pixel_values])
-        image_embeds = self.encode_image(images)
+        states: list[torch.Tensor] = []
+        with self._record_class_tokens(states if class_token_states else None):
+            image_embeds = self.encode_image(images)
         out = {
             "image_embeds": image_embeds[:batch],
             "text_embeds": self.encode_text(input_ids),
@@ -192,11 +203,33 @@ class ContrastiveAdapter(nn.Module):
         }
         if triggered_pixel_values is not None:
             out["triggered_image_embeds"] = image_embeds[batch:]
+        if class_token_states:
+            if not states:
+                raise ValueError(f"the {self.backend} adapter exposes no vision transformer blocks")
+            out["image_class_states"] = torch.stack(states)
         if soft_tokens is not None:
             out["triggered_text_embeds"] = self.encode_text(
                 input_ids, soft_tokens=soft_tokens, soft_position=soft_position
             )
         return out
+
+    @contextlib.contextmanager
+    def _record_class_tokens(self, sink: list[torch.Tensor] | None) -> Iterator[None]:
+        """While active, append each vision block's class-token output to ``sink`` (nothing if ``sink`` is None)."""
+        if sink is None:
+            yield
+            return
+
+        def record(module: nn.Module, args: tuple, output) -> None:
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            sink.append(hidden[:, 0])
+
+        handles = [block.register_forward_hook(record) for block in self.vision_blocks]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     # ---------------------------------------------------------------------------------------- soft tokens
     @contextlib.contextmanager

@@ -49,6 +49,10 @@ class HFCLIPAdapter(ContrastiveAdapter):
         return int(self.config.vision_config.patch_size)
 
     @property
+    def vision_blocks(self) -> list[nn.Module]:
+        return list(self.native_model.vision_model.encoder.layers)
+
+    @property
     def token_embedding(self) -> nn.Embedding:
         return self.native_model.text_model.embeddings.token_embedding
 

@@ -66,6 +66,13 @@ class OpenCLIPAdapter(ContrastiveAdapter):
         return int(size[0] if isinstance(size, (list, tuple)) else size or 1)
 
     @property
+    def vision_blocks(self) -> list[nn.Module]:
+        transformer = getattr(self.native_model.visual, "transformer", None)
+        if transformer is None or not getattr(transformer, "batch_first", False):
+            return []  # a CNN tower, or a sequence-first transformer whose class token is not row 0
+        return list(transformer.resblocks)
+
+    @property
     def token_embedding(self) -> nn.Embedding:
         return self._text_tower.token_embedding
 
