@@ -240,40 +240,40 @@ class BIBAUTrainer(Trainer):
             entry["metrics"] = self.evaluator(self.adapter)
         self.trace.append(entry)
         if round_index == 0:
-            self._record_similarity("before", result)
+            self._record_similarity("before", result, "inverted before unlearning")
         if round_index >= 1 and tracked < self.args.stop_score:
             self.stop_requested = True
 
-    def _record_similarity(self, phase: str, result: ScanResult) -> None:
+    def _record_similarity(self, phase: str, result: ScanResult | None, source: str) -> None:
         """Cosines of clean vs triggered images to the suspected image target, for the report's histograms.
 
-        ``before`` (round 0) uses the strongest image trigger and fixes the target; ``after`` uses the trigger
-        re-inverted on the purified model toward that same target when the scan swept it, else the round-0 trigger,
-        so both histograms answer the same question. One no-grad pass over a fixed seeded sample; process 0 only.
+        ``before`` (round 0) uses the strongest image trigger and fixes the target and family. ``after`` uses the
+        trigger of that family re-inverted toward that same target by ``result`` (a later scan) where it was swept,
+        else the round-0 trigger, so both histograms answer the same question. One no-grad pass over a fixed seeded
+        sample; process 0 only.
         """
         if not self.is_world_process_zero():
             return
         if phase == "before":
-            image = result.image_triggers()
+            image = result.image_triggers() if result is not None else []
             if not image:
                 return
             best = max(image, key=lambda t: t.score)
             self._similarity_trigger = best
             self._similarity = {"target": best.suspected_target, "family": best.family}
-            trigger, source = best.trigger, "inverted before unlearning"
+            trigger = best.trigger
+            embedding = self.inverter.concept_emb[result.candidates.index(best.suspected_target)]
         else:
             first = self._similarity_trigger
             if first is None:
                 return
-            same = next((t for t in result.image_triggers() if t.family == first.family), None)
+            same = next((t for t in result.image_triggers() if t.family == first.family), None) if result else None
             renewed = same.trigger_for(first.suspected_target) if same is not None else None
             trigger = renewed or first.trigger
-            source = "re-inverted after unlearning" if renewed is not None else "inverted before unlearning"
-        target = self._similarity["target"]
-        if phase == "before" or self.final_scan is not None:  # the inverter's embeddings are of the current model
-            embedding = self.inverter.concept_emb[result.candidates.index(target)]
-        else:
-            embedding = concept_embeddings(self.adapter, [target], self.inverter.templates)[0]
+            if renewed is None:
+                source = "inverted before unlearning"
+            # The inverter's concept embeddings may predate the last optimisation steps: embed the target afresh.
+            embedding = concept_embeddings(self.adapter, [first.suspected_target], self.inverter.templates)[0]
         images = similarity_sample(self.train_dataset.images, SIMILARITY_IMAGES, self.args.seed)
         self._similarity[phase] = {"trigger": source, **trigger_similarities(self.adapter, images, trigger, embedding)}
 
@@ -402,9 +402,12 @@ class BIBAUTrainer(Trainer):
             started_scan = time.time()
             self.final_scan = self.inverter.run(previous=self.scans[-1].triggers if self.scans else None)
             self._timing["e_step_seconds"] += time.time() - started_scan
-        after = self.final_scan or (self.scans[-1] if self.scans else None)
-        if after is not None:
-            self._record_similarity("after", after)
+        if self.final_scan is not None:
+            self._record_similarity("after", self.final_scan, "re-inverted after unlearning")
+        elif len(self.scans) > 1:
+            self._record_similarity("after", self.scans[-1], "re-inverted in the last round")
+        else:
+            self._record_similarity("after", None, "inverted before unlearning")
         self._timing["total_seconds"] = time.time() - started
         self._timing["m_step_seconds"] = self._timing["total_seconds"] - self._timing["e_step_seconds"]
         self.report = self.build_report(output)
@@ -471,6 +474,7 @@ class BIBAUTrainer(Trainer):
             self._save_report(output_dir)
 
     def _save_report(self, output_dir: Path) -> None:
+        """Inverted triggers, the report (which lists them), the plots (which read both), then the card."""
         before = self.scans[0] if self.scans else None
         after = self.final_scan or (self.scans[-1] if self.scans else None)
         artifacts = save_trigger_artifacts(output_dir, before, after, self.adapter, self.train_dataset.images[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -161,6 +162,15 @@ def test_card_of_a_bare_run_skips_what_is_missing(tmp_path):
     for absent in ("Completeness", "Attack success rate", "Text tower", "![", "| end |"):
         assert absent not in card.text, absent
     assert "no command line was recorded" in card.text
+
+
+def test_card_does_not_pass_the_round_0_scan_off_as_after():
+    # One round and no final scan: the report's "after" scan is the round-0 scan itself.
+    report = hand_report(config={"output_dir": "out", "final_scan": False})
+    report["scan_after"] = copy.deepcopy(report["scan_before"])
+    text = render_model_card(report).text
+    assert "the only search, made before unlearning" in text
+    assert "After unlearning, the backdoor score" not in text and "- after unlearning:" not in text
 
 
 def test_open_clip_card_names_its_library(tmp_path):
@@ -353,6 +363,9 @@ def test_lora_adapter_readme_does_not_replace_the_card(tiny_model, digits_data, 
     trainer.train()
     trainer.save_model()
     assert (out / "lora_adapter" / "README.md").is_file()  # peft's own card, left in its folder
+    with safe_open(str(out / "inverted_triggers.safetensors"), framework="pt") as handle:
+        # One round, no final scan: nothing was inverted after unlearning, so only "before" triggers are saved.
+        assert {k.split("/")[0] for k in handle.keys()} == {"before", "example"}
     meta = metadata_load(out / "README.md")
     assert "bibau" in meta["tags"] and "lora" in meta["tags"]
     assert card_metrics(out / "README.md") == expected_metrics(json.loads((out / REPORT_FILE).read_text()))

@@ -64,7 +64,8 @@ def _trigger_tensors(
         if example is not None and found.modality == "image" and tuple(example.shape[-2:]) == trigger.image_size:
             device = next(trigger.parameters()).device
             tensors["example_triggered"] = trigger.apply_one(example.to(device), 0)[0]
-    return {name: value.detach().cpu().contiguous() for name, value in tensors.items()}, info
+    # Copies: safetensors refuses tensors that share memory, and a trigger can be shared by both phases.
+    return {name: value.detach().cpu().clone().contiguous() for name, value in tensors.items()}, info
 
 
 def _decoded_text(adapter: ContrastiveAdapter, ids: list[list[int]]) -> list[list[str]]:
@@ -87,7 +88,8 @@ def save_trigger_artifacts(
     Args:
         output_dir: folder of the purified model.
         scan_before: the E-step on the suspect model (round 0), or ``None``.
-        scan_after: the E-step on the purified model (final scan, else the last round), or ``None``.
+        scan_after: the E-step on the purified model (final scan, else the last round), or ``None``; skipped when
+            it is ``scan_before`` itself.
         adapter: the model, used only to decode text-trigger tokens (its vocabulary does not change).
         example_image: one clean image (uint8 or float in [0, 1], ``[3, H, W]``) shown with each image trigger.
 
@@ -100,7 +102,8 @@ def save_trigger_artifacts(
     tensors: dict[str, torch.Tensor] = {}
     entries: list[dict[str, Any]] = []
     for phase, result in (("before", scan_before), ("after", scan_after)):
-        if result is None:
+        # With one round and no final scan the "after" scan is the round-0 scan: nothing new to show.
+        if result is None or (phase == "after" and result is scan_before):
             continue
         for found in result.triggers:
             prefix = f"{phase}/{found.modality}/{found.family}"

@@ -71,6 +71,13 @@ def card_tags(report: dict[str, Any]) -> list[str]:
     return tags
 
 
+def scan_after(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's scan of the purified model, or ``None`` when it is the round-0 scan itself (one round and no
+    final scan: nothing was searched after unlearning)."""
+    after = report.get("scan_after")
+    return None if not after or after == report.get("scan_before") else after
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -218,14 +225,17 @@ def _results(report: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
                                     "trigger inserted, the share whose best-matching test image is of the target "
                                     "class.",
         "backdoor_score": "**Backdoor score**: the anomaly index of the trigger search (above about 2 is "
-                          "suspicious); 'after' comes from "
-                          + ("a last search on the purified model." if final else "the last round's search."),
+                          "suspicious); 'after' comes from " + (
+                              "a last search on the purified model." if final else
+                              "the last round's search." if scan_after(report) else
+                              "the only search, made before unlearning (enable `final_scan` to measure the purified "
+                              "model)."),
     }
     return rows, [notes[k] for k in keys]
 
 
 def _target_text(report: dict[str, Any]) -> str:
-    before, after = report.get("scan_before"), report.get("scan_after")
+    before, after = report.get("scan_before"), scan_after(report)
     if not before:
         return ""
     family = before.get("strongest_family") or "?"
@@ -254,9 +264,8 @@ def _target_text(report: dict[str, Any]) -> str:
 
 def _text_trigger_text(report: dict[str, Any]) -> str:
     lines = []
-    for phase in PHASES:
-        scan = report.get(f"scan_{phase}") or {}
-        for trig in scan.get("triggers", []):
+    for phase, scan in (("before", report.get("scan_before")), ("after", scan_after(report))):
+        for trig in (scan or {}).get("triggers", []):
             tokens = trig.get("nearest_tokens")
             if trig.get("modality") != "text" or not tokens:
                 continue

@@ -123,7 +123,9 @@ def _token_label(tokens: list[list[str]] | None) -> str:
 def plot_text_trigger(report: dict[str, Any], plots_dir: Path) -> list[Path]:
     """Per-concept cost of the text-trigger search (lower = the captions are dragged there more cheaply), with the
     nearest vocabulary tokens of the trigger found for the suspected target."""
-    phases = [(phase, _text_trigger(report.get(f"scan_{phase}"))) for phase in ("before", "after")]
+    # An "after" scan equal to the "before" one was not searched after unlearning (one round, no final scan).
+    after = report.get("scan_after") if report.get("scan_after") != report.get("scan_before") else None
+    phases = [("before", _text_trigger(report.get("scan_before"))), ("after", _text_trigger(after))]
     phases = [(phase, trig) for phase, trig in phases if trig is not None]
     if not phases:
         return []
@@ -154,9 +156,11 @@ def plot_rounds(report: dict[str, Any], plots_dir: Path) -> list[Path]:
     scores = [r.get("backdoor_score") for r in rounds]
     metrics = [dict(r.get("metrics") or {}) for r in rounds]
     after = report.get("metrics_after") or {}
-    if report.get("scan_after") or after:
+    if after:
         labels.append("end")
-        scores.append(after.get("backdoor_score", (report.get("scan_after") or {}).get("backdoor_score")))
+        # Only a final scan measures the score after training; otherwise "after" repeats the last round's score.
+        final = (report.get("config") or {}).get("final_scan")
+        scores.append(after.get("backdoor_score") if final else None)
         metrics.append({k: v for k, v in after.items() if k != "backdoor_score"})
     rate_names = [k for k in RATE_METRICS if any(k in m for m in metrics)]
     fig = Figure(figsize=(7, 2.8 * (2 if rate_names else 1)))
