@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import platform
 import time
@@ -33,11 +34,17 @@ from . import __version__
 from .bibau_config import BIBAUConfig
 from .data.image_text import ImageTextDataset
 from .errors import BIBAUError
-from .inversion import BlindInverter, ScanResult
+from .inversion import BlindInverter, InvertedTrigger, ScanResult
+from .inversion.blind_inversion import concept_embeddings
 from .inversion.distributed import all_gather_with_grad, is_distributed, mean_over_ranks
 from .models.base import ContrastiveAdapter
+from .reporting import save_trigger_artifacts, write_model_card, write_plots
+from .reporting.artifacts import similarity_sample, trigger_similarities
+
+logger = logging.getLogger(__name__)
 
 REPORT_FILE = "unlearning_report.json"
+SIMILARITY_IMAGES = 256
 Evaluator = Callable[[ContrastiveAdapter], dict[str, float]]
 
 
@@ -179,6 +186,8 @@ class BIBAUTrainer(Trainer):
         self._target_direction: torch.Tensor | None = None
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._timing = {"e_step_seconds": 0.0}
+        self._similarity: dict[str, Any] = {}
+        self._similarity_trigger: InvertedTrigger | None = None
 
     # ------------------------------------------------------------------------------------------------- LoRA
     def _attach_lora(self, adapter: ContrastiveAdapter, args: BIBAUConfig) -> None:
@@ -245,8 +254,43 @@ class BIBAUTrainer(Trainer):
         if self.evaluator is not None:
             entry["metrics"] = self.evaluator(self.adapter)
         self.trace.append(entry)
+        if round_index == 0:
+            self._record_similarity("before", result, "inverted before unlearning")
         if round_index >= 1 and tracked < self.args.stop_score:
             self.stop_requested = True
+
+    def _record_similarity(self, phase: str, result: ScanResult | None, source: str) -> None:
+        """Cosines of clean vs triggered images to the suspected image target, for the report's histograms.
+
+        ``before`` (round 0) uses the strongest image trigger and fixes the target and family. ``after`` uses the
+        trigger of that family re-inverted toward that same target by ``result`` (a later scan) where it was swept,
+        else the round-0 trigger, so both histograms answer the same question. One no-grad pass over a fixed seeded
+        sample; process 0 only.
+        """
+        if not self.is_world_process_zero():
+            return
+        if phase == "before":
+            image = result.image_triggers() if result is not None else []
+            if not image:
+                return
+            best = max(image, key=lambda t: t.score)
+            self._similarity_trigger = best
+            self._similarity = {"target": best.suspected_target, "family": best.family}
+            trigger = best.trigger
+            embedding = self.inverter.concept_emb[result.candidates.index(best.suspected_target)]
+        else:
+            first = self._similarity_trigger
+            if first is None:
+                return
+            same = next((t for t in result.image_triggers() if t.family == first.family), None) if result else None
+            renewed = same.trigger_for(first.suspected_target) if same is not None else None
+            trigger = renewed or first.trigger
+            if renewed is None:
+                source = "inverted before unlearning"
+            # The inverter's concept embeddings may predate the last optimisation steps: embed the target afresh.
+            embedding = concept_embeddings(self.adapter, [first.suspected_target], self.inverter.templates)[0]
+        images = similarity_sample(self.train_dataset.images, SIMILARITY_IMAGES, self.args.seed)
+        self._similarity[phase] = {"trigger": source, **trigger_similarities(self.adapter, images, trigger, embedding)}
 
     def _set_targets(self, result: ScanResult) -> None:
         """Per modality, the MAP latent target of the suspect model's scan and its anomaly score."""
@@ -377,6 +421,12 @@ class BIBAUTrainer(Trainer):
             started_scan = time.time()
             self.final_scan = self.inverter.run(previous=self.scans[-1].triggers if self.scans else None)
             self._timing["e_step_seconds"] += time.time() - started_scan
+        if self.final_scan is not None:
+            self._record_similarity("after", self.final_scan, "re-inverted after unlearning")
+        elif len(self.scans) > 1:
+            self._record_similarity("after", self.scans[-1], "re-inverted in the last round")
+        else:
+            self._record_similarity("after", None, "inverted before unlearning")
         self._timing["total_seconds"] = time.time() - started
         self._timing["m_step_seconds"] = self._timing["total_seconds"] - self._timing["e_step_seconds"]
         self.report = self.build_report(output)
@@ -423,10 +473,12 @@ class BIBAUTrainer(Trainer):
             "train_loss": None if train_output is None else round(float(train_output.training_loss), 5),
             "timing": {k: round(v, 2) for k, v in self._timing.items()},
             "config": config,
+            **({"diagnostics": {"similarity": self._similarity}} if self._similarity else {}),
         }
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Write the model in its native format (merged if LoRA is still attached) and the report."""
+        """Write the model in its native format (merged if LoRA is still attached) and, once trained, the report,
+        the inverted triggers, the plots and the model card (``README.md``)."""
         output_dir = Path(output_dir or self.args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         adapter = self.adapter
@@ -437,5 +489,49 @@ class BIBAUTrainer(Trainer):
         lora_state = getattr(self, "_lora_state", None)
         if lora_state is not None:
             lora_state.save_pretrained(output_dir / "lora_adapter")
-        if self.report:
-            (output_dir / REPORT_FILE).write_text(json.dumps(self.report, indent=2, default=str) + "\n")
+        if self.report and self.is_world_process_zero():
+            self._save_report(output_dir)
+
+    def _save_report(self, output_dir: Path) -> None:
+        """Inverted triggers, the report (which lists them), the plots (which read both), then the card."""
+        before = self.scans[0] if self.scans else None
+        after = self.final_scan or (self.scans[-1] if self.scans else None)
+        artifacts = save_trigger_artifacts(output_dir, before, after, self.adapter, self.train_dataset.images[0])
+        if artifacts:
+            self.report["artifacts"] = artifacts
+        (output_dir / REPORT_FILE).write_text(json.dumps(self.report, indent=2, default=str) + "\n")
+        write_plots(output_dir)
+        # Last: peft's save_pretrained (lora_adapter/ above) writes a README of its own; the top-level card is ours.
+        write_model_card(output_dir)
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """Write BI-BAU's model card into ``args.output_dir`` (what ``push_to_hub`` uploads).
+
+        Trainer's default card cannot describe this model (it reads ``model.config``, which open_clip models lack,
+        and drops zero-shot metrics), so the card is rendered from the unlearning report instead. Of Trainer's
+        keyword arguments, ``tags``, ``language``, ``license`` and ``model_name`` are added to it; the others are
+        already in the report.
+        """
+        if not self.is_world_process_zero():
+            return
+        folder = Path(self.args.output_dir)
+        if not (folder / REPORT_FILE).is_file():
+            if not self.report:
+                logger.warning("no unlearning report yet (train first); model card not written")
+                return
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / REPORT_FILE).write_text(json.dumps(self.report, indent=2, default=str) + "\n")
+        path = write_model_card(folder)
+        extra = {k: kwargs.get(k) for k in ("tags", "language", "license", "model_name") if kwargs.get(k)}
+        if extra:
+            from huggingface_hub import ModelCard
+
+            card = ModelCard.load(path)
+            tags = [extra["tags"]] if isinstance(extra.get("tags"), str) else extra.get("tags", [])
+            card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags]))
+            for key in ("language", "license"):
+                if key in extra:
+                    card.data[key] = extra[key]
+            if "model_name" in extra and card.data.eval_results:
+                card.data.model_name = extra["model_name"]
+            card.save(path)

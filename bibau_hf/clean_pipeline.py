@@ -7,6 +7,8 @@ BI-BAU 5 % of the training pairs as clean data and reports CA, ASR and the backd
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +121,29 @@ def format_table(report: dict[str, Any], clean_finetune_seconds: float | None = 
     return "\n".join(lines)
 
 
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that started this process, as a shell line to reproduce the run (for the report and card).
+
+    A ``.py`` script is shown as ``python script.py ...`` (or ``python -m package.module ...`` when run with ``-m``);
+    a console script such as ``bibau-hf`` by its name, not the absolute path of its launcher.
+    """
+    current = argv is None
+    argv = list(sys.argv if current else argv)
+    if not argv:
+        return ""
+    program, rest = argv[0], argv[1:]
+    if not program.endswith(".py"):
+        head = [Path(program).name]
+    else:
+        # Under ``python -m``, sys.argv[0] is the module's file path; the module name is what the user typed.
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None) if current else None
+        if spec is not None and spec.name:
+            head = ["python", "-m", spec.name.removesuffix(".__main__")]
+        else:
+            head = ["python", program]
+    return shlex.join(head + rest)
+
+
 def run_clean(args: CleanArguments, config: BIBAUConfig) -> dict[str, Any]:
     """Clean a model with BI-BAU; returns the report (also written beside the saved model)."""
     check_output_dir(config.output_dir, config.overwrite_output_dir)
@@ -154,6 +179,7 @@ def run_clean(args: CleanArguments, config: BIBAUConfig) -> dict[str, Any]:
     report = trainer.report
     report["dataset"] = args.dataset_name or "digits"
     report["eval_attack"] = args.eval_attack
+    report["command"] = command_line()
     if clean_ft_seconds is not None:
         report["timing"]["clean_finetune_seconds"] = round(clean_ft_seconds, 2)
     trainer.save_model(config.output_dir)

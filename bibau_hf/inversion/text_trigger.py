@@ -61,18 +61,26 @@ class SoftTokenTrigger(nn.Module):
             new.tokens.copy_(self.tokens[indices])
         return new
 
-    def nearest_tokens(self, adapter: ContrastiveAdapter, index: int, k: int = 5) -> list[list[str]]:
-        """The ``k`` vocabulary tokens closest (cosine) to each soft token of candidate ``index``."""
+    def nearest_token_ids(self, adapter: ContrastiveAdapter, index: int, k: int = 5) -> list[list[int]]:
+        """Ids of the ``k`` vocabulary tokens closest (cosine) to each soft token of candidate ``index``."""
         weight = adapter.token_embedding.weight.detach()
         sims = torch.nn.functional.normalize(self.tokens[index].detach().to(weight.device), dim=-1) @ (
             torch.nn.functional.normalize(weight, dim=-1).t()
         )
-        ids = sims.topk(k, dim=-1).indices.tolist()
-        tokenizer = adapter.tokenizer
-        if hasattr(tokenizer, "convert_ids_to_tokens"):
-            return [tokenizer.convert_ids_to_tokens(row) for row in ids]
-        decoder = getattr(tokenizer, "decoder", {})
-        return [[decoder.get(i, str(i)) for i in row] for row in ids]
+        return sims.topk(k, dim=-1).indices.tolist()
+
+    def nearest_tokens(self, adapter: ContrastiveAdapter, index: int, k: int = 5) -> list[list[str]]:
+        """The ``k`` vocabulary tokens closest (cosine) to each soft token of candidate ``index``."""
+        return decode_token_ids(adapter, self.nearest_token_ids(adapter, index, k))
 
     def describe(self, index: int) -> dict[str, Any]:
         return {"family": self.family, "num_tokens": self.num_tokens, "relative_norm": float(self.size()[index])}
+
+
+def decode_token_ids(adapter: ContrastiveAdapter, ids: list[list[int]]) -> list[list[str]]:
+    """Vocabulary strings of token ids, with either backend's tokenizer (HF, or open_clip's BPE ``decoder``)."""
+    tokenizer = adapter.tokenizer
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        return [tokenizer.convert_ids_to_tokens(row) for row in ids]
+    decoder = getattr(tokenizer, "decoder", {})
+    return [[decoder.get(i, str(i)) for i in row] for row in ids]
