@@ -19,6 +19,7 @@ _EXPORTS = {
     "scan": "bibau_hf.inversion",
     "ScanResult": "bibau_hf.inversion",
     "InversionConfig": "bibau_hf.inversion",
+    "push_output_dir": "bibau_hf.hub",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -19,7 +19,10 @@ import copy
 import json
 import logging
 import math
+import os
 import platform
+import shutil
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -29,11 +32,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import HubStrategy, SaveStrategy
+from transformers.utils import PushInProgress
 
 from . import __version__
 from .bibau_config import BIBAUConfig
 from .data.image_text import ImageTextDataset
 from .errors import BIBAUError
+from .hub import (
+    MODEL_CARD,
+    check_native_folder,
+    collect_push_files,
+    commit_files,
+    create_repo,
+    default_api,
+    push_output_dir,
+)
 from .inversion import BlindInverter, InvertedTrigger, ScanResult
 from .inversion.blind_inversion import concept_embeddings
 from .inversion.distributed import all_gather_with_grad, is_distributed, mean_over_ranks
@@ -45,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "unlearning_report.json"
 SIMILARITY_IMAGES = 256
+TRAINER_STATE_FILE = "trainer_state.json"
 Evaluator = Callable[[ContrastiveAdapter], dict[str, float]]
 
 
@@ -100,6 +115,12 @@ def library_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def _log_push_failure(job) -> None:
+    """Background pushes have no caller to raise to: say when one failed."""
+    if not job.cancelled() and job.exception() is not None:
+        logger.warning("a checkpoint push to the Hub failed: %s", job.exception())
 
 
 class BIBAUTrainer(Trainer):
@@ -409,6 +430,146 @@ class BIBAUTrainer(Trainer):
         if self.scans:
             logs["bibau/backdoor_score"] = round(self.scans[-1].backdoor_score, 3)
         super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------------------------ Hub
+    # Trainer's Hub methods assume a transformers model and pickled extras: its intermediate push copies
+    # training_args.bin into the output folder and uploads whole checkpoint folders (optimizer, scheduler and RNG
+    # states), and its final push uploads whatever the output folder holds. These overrides keep Trainer's arguments
+    # (push_to_hub, hub_model_id, hub_private_repo, hub_strategy, hub_token, hub_revision, hub_always_push) and
+    # publish through bibau_hf.hub, which uploads the native model and the report only, never a pickle.
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Create the Hub repo ``hub_model_id`` (default: the output folder's name) from the main process.
+
+        Args:
+            token: token with write access; default ``args.hub_token``.
+            private: create it private; default ``args.hub_private_repo`` (no effect on an existing repo).
+        """
+        if not self.is_world_process_zero():
+            return
+        name = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        token = token if token is not None else self.args.hub_token
+        private = private if private is not None else self.args.hub_private_repo
+        self.hub_model_id = create_repo(name, private=private, token=token, api=default_api())
+        self.push_in_progress = None
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ):
+        """Save the purified model and push the output folder to ``args.hub_model_id``.
+
+        Saving writes the model in its native format, the unlearning report and the model card; the push then uploads
+        them with :func:`bibau_hf.hub.push_output_dir` (native files, card, report, triggers, plots; no pickles), so
+        the repo loads with plain ``CLIPModel.from_pretrained`` or ``open_clip.create_model_and_transforms``.
+
+        Args:
+            commit_message: the commit's summary.
+            blocking: wait for the upload; with ``False`` a ``Future`` of the commit URL is returned.
+            token: token with write access; default ``args.hub_token``.
+            revision: branch to push to; default ``args.hub_revision`` (``main``).
+            private: create the repo private; default ``args.hub_private_repo``.
+            **kwargs: Trainer's model-card fields; unused, since the card is rendered from the unlearning report.
+
+        Returns:
+            The commit URL (``blocking=True``), a ``Future`` of it (``blocking=False``), or ``None`` on processes
+            other than the main one.
+        """
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        token = token if token is not None else self.args.hub_token
+        private = private if private is not None else self.args.hub_private_repo
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        # On every process: saving may need collective operations; only the main process writes.
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        if kwargs:
+            logger.warning("push_to_hub ignores model-card fields %s: the card comes from the unlearning report",
+                           sorted(kwargs))
+        output_dir = Path(self.args.output_dir)
+        self._ensure_model_card(output_dir)
+        self._finish_current_push()
+        api = default_api()
+        revision = revision if revision is not None else self.args.hub_revision
+
+        def push() -> str:
+            return push_output_dir(output_dir, self.hub_model_id, private=private, token=token, revision=revision,
+                                   commit_message=commit_message, api=api)
+
+        return push() if blocking else api.run_as_future(push)
+
+    def _ensure_model_card(self, output_dir: Path) -> None:
+        """Render the card from the report if saving did not write one (the Hub page should never be blank)."""
+        if (output_dir / MODEL_CARD).is_file() or not (output_dir / REPORT_FILE).is_file():
+            return
+        try:
+            from .reporting import write_model_card
+        except ImportError:  # an install without the reporting extras: push the model and report without a card
+            logger.warning("no %s in %s and bibau_hf.reporting is unavailable; pushing without a model card",
+                           MODEL_CARD, output_dir)
+            return
+        write_model_card(output_dir)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Intermediate push at each checkpoint (``hub_strategy`` other than ``end``), in the background.
+
+        The checkpoint's native model goes to the repo root, so the repo loads at any time. With ``hub_strategy``
+        ``checkpoint`` (``all_checkpoints``) its safe files, the model and ``trainer_state.json``, also go to
+        ``last-checkpoint/`` (``checkpoint-N/``). The optimizer, scheduler and RNG states are pickles and stay local:
+        ``resume_from_checkpoint`` needs the local checkpoint folder.
+        """
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        # Like Trainer: skip this push while the previous one is still uploading, unless asked to queue it.
+        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        try:
+            check_native_folder(checkpoint_folder)
+        except BIBAUError as err:
+            logger.warning("not pushing checkpoint %s: %s", checkpoint_folder, err)
+            return
+        # Checkpoints may be rotated away (save_total_limit) before a background upload reads them: upload from a
+        # private staging copy (hard links where the file system allows, so no data is copied).
+        staging = Path(tempfile.mkdtemp(prefix="bibau_hub_push_"))
+        files = collect_push_files(checkpoint_folder)
+        for rel in files:
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(Path(checkpoint_folder) / rel, target)
+            except OSError:
+                shutil.copy2(Path(checkpoint_folder) / rel, target)
+        root_files = [rel for rel in files if rel != TRAINER_STATE_FILE]
+        extra: list[tuple[Path, str]] = []
+        if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            prefix = "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT else Path(
+                checkpoint_folder).name
+            extra = [(staging / rel, f"{prefix}/{rel}") for rel in files]
+        if self.args.save_strategy == SaveStrategy.STEPS:
+            message = f"Training in progress, step {self.state.global_step}"
+        else:
+            message = f"Training in progress, epoch {int(self.state.epoch or 0)}"
+        api = default_api()
+
+        def push() -> str:
+            try:
+                return commit_files(staging, root_files, self.hub_model_id, extra=extra, token=self.args.hub_token,
+                                    revision=self.args.hub_revision, commit_message=message, api=api)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+        job = api.run_as_future(push)
+        job.add_done_callback(_log_push_failure)
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = PushInProgress([job])
+        else:
+            self.push_in_progress.jobs.append(job)
 
     # ---------------------------------------------------------------------------------------- train / save
     def train(self, *args: Any, **kwargs: Any):

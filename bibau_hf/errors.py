@@ -27,3 +27,7 @@ class AttackSpecError(BIBAUError):
 
 class OutputDirError(BIBAUError):
     """The output folder exists and is not empty, and overwriting was not asked for."""
+
+
+class HubError(BIBAUError):
+    """A push to (or a read from) the Hugging Face Hub failed: repo id, token, permissions or network."""

@@ -5,6 +5,7 @@ Values from the YAML file are defaults; flags given on the command line override
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,12 +16,30 @@ import yaml
 from .errors import BIBAUError
 
 
-def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
-    """Parse ``argv`` into instances of ``dataclass_types``, reading ``--config file.yaml`` first if given."""
+def parse_recipe_args(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+) -> tuple[Any, ...]:
+    """Parse ``argv`` into instances of ``dataclass_types``, reading ``--config file.yaml`` first if given.
+
+    Args:
+        dataclass_types: the argument dataclasses, in the order their instances are returned.
+        argv: the arguments (default: ``sys.argv[1:]``).
+        prog: program name shown by ``--help`` (default: the script's name).
+        description: text shown by ``--help`` above the arguments.
+    """
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(list(dataclass_types))
+    parser = HfArgumentParser(list(dataclass_types), prog=prog, description=description)
+    # Declared for --help only: the option is taken out of argv below, before the dataclasses are parsed, and
+    # SUPPRESS keeps it out of the parsed namespace (which must hold dataclass fields only).
+    parser.add_argument(
+        "--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+        help="YAML file of argument values; they act as defaults, and flags given on the command line override them.",
+    )
     config_path = None
     if "--config" in argv:
         i = argv.index("--config")
@@ -35,7 +54,7 @@ def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise BIBAUError(f"{path} must hold a mapping of argument names to values")
-        known = {f.dest for f in parser._actions}
+        known = {f.dest for f in parser._actions} - {"config", "help"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise BIBAUError(f"{path} has unknown arguments: {', '.join(unknown)}")

@@ -10,20 +10,15 @@ Writes the model in native format (transformers or open_clip) and ``attack.json`
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 
-from bibau_hf.attacks.plant import PlantConfig, plant_backdoor
-from bibau_hf.recipe_args import parse_recipe_args, run_main
+from bibau_hf.cli import plant_command
+from bibau_hf.recipe_args import run_main
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    (config,) = parse_recipe_args([PlantConfig], argv)
-    result = plant_backdoor(config)
-    record = result.record
-    print(json.dumps({"output_dir": config.output_dir, "attack": record["attack"], **record["metrics"],
-                      "train_seconds": record["training"]["seconds"]}, indent=2))
+    plant_command(argv, prog=None)  # the same job as `bibau-hf plant`
 
 
 if __name__ == "__main__":

@@ -43,3 +43,28 @@ def digits_data():
     from bibau_hf.data import load_digits_data
 
     return load_digits_data()
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """A Hub-compatible server on loopback (tests/hub_server.py), empty, for one test."""
+    from hub_server import HubServer
+
+    with HubServer(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def hub_api(hub, monkeypatch):
+    """An ``HfApi`` for the loopback Hub, with huggingface_hub's module defaults pointed at it too.
+
+    huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE when it is imported (this suite runs offline), so code that
+    builds its own HfApi, like BIBAUTrainer and the command line, sees the server only through these constants.
+    """
+    from hub_server import TEST_TOKEN
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_TOKEN", TEST_TOKEN)
+    return HfApi(endpoint=hub.url, token=TEST_TOKEN)
