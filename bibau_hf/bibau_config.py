@@ -140,7 +140,17 @@ class BIBAUConfig(TrainingArguments):
     # ---------------------------------------------------------------------- TrainingArguments defaults we change
     output_dir: str | None = field(default="outputs/bibau_clean", metadata={"help": "Where the purified model goes."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the M-step."})
-    num_train_epochs: float = field(default=60.0, metadata={"help": "Epochs over the clean set (all rounds)."})
+    max_steps: int = field(
+        default=300,
+        metadata={
+            "help": "M-step optimisation steps over all EM rounds: a budget that does not grow with the clean set "
+            "(60 steps left a backdoor that the retuning attack re-linked; see docs/METHOD_NOTES.md). -1 uses "
+            "num_train_epochs instead."
+        },
+    )
+    num_train_epochs: float = field(
+        default=60.0, metadata={"help": "Epochs over the clean set (all rounds); used only when max_steps is -1."}
+    )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Clean pairs per device and step."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule."})

@@ -277,7 +277,7 @@ class BIBAUTrainer(Trainer):
         self.trace.append(entry)
         if round_index == 0:
             self._record_similarity("before", result, "inverted before unlearning")
-        if round_index >= 1 and tracked < self.args.stop_score:
+        if self.args.stop_score > 0 and round_index >= 1 and tracked < self.args.stop_score:
             self.stop_requested = True
 
     def _record_similarity(self, phase: str, result: ScanResult | None, source: str) -> None:

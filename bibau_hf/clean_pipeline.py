@@ -6,6 +6,7 @@ BI-BAU 5 % of the training pairs as clean data and reports CA, ASR and the backd
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -190,11 +191,14 @@ def run_clean(args: CleanArguments, config: BIBAUConfig) -> dict[str, Any]:
 
 
 def clean_finetune(model: ContrastiveAdapter, train: ImageTextDataset, config: BIBAUConfig) -> float:
-    """Plain CLIP fine-tuning of ``model`` (in place) with BI-BAU's pairs, epochs, batch size and learning rate: the
+    """Plain CLIP fine-tuning of ``model`` (in place) with BI-BAU's pairs, steps, batch size and learning rate: the
     baseline BI-BAU is compared with. Returns its wall time in seconds."""
     started = time.time()
+    epochs = int(config.num_train_epochs)
+    if config.max_steps > 0:  # the same number of optimisation steps (both loops drop the last partial batch)
+        epochs = math.ceil(config.max_steps / max(1, len(train) // config.per_device_train_batch_size))
     train_contrastive(
-        model, train.images, train.captions, epochs=int(config.num_train_epochs),
+        model, train.images, train.captions, epochs=epochs,
         batch_size=config.per_device_train_batch_size, learning_rate=config.learning_rate, weight_decay=0.0,
         warmup_fraction=0.0, seed=config.seed, progress=False,
     )

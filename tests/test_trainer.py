@@ -19,7 +19,7 @@ from bibau_hf.models import load_adapter
 
 FAST = dict(
     inversion_steps=5, score_steps=40, inversion_batch_size=16, inversion_restarts=1, disable_tqdm=True,
-    logging_steps=1000, report_to="none", seed=0, final_scan=False, unlearn_threshold=0.0,
+    logging_steps=1000, report_to="none", seed=0, final_scan=False, unlearn_threshold=0.0, max_steps=-1,
 )
 
 
