@@ -15,7 +15,7 @@ from typing import Any
 from .attacks.plant import ATTACK_FILE, PlantConfig, check_output_dir, load_attack, plant_backdoor
 from .bibau_config import BIBAUConfig
 from .bibau_trainer import REPORT_FILE, BIBAUTrainer
-from .contrastive import train_contrastive
+from .contrastive import LR_SCHEDULES, train_contrastive
 from .data import DIGIT_CLASS_NAMES, ImageTextDataset, ZeroShotSet
 from .data.sources import is_builtin, load_train_and_eval
 from .errors import DataError
@@ -163,16 +163,25 @@ def run_clean(args: CleanArguments, config: BIBAUConfig) -> dict[str, Any]:
     return report
 
 
+def lr_schedule_of(config: BIBAUConfig) -> str:
+    """The plain-loop name (see :func:`bibau_hf.contrastive.make_lr_scheduler`) of the config's schedule, so that a
+    baseline trained outside the Trainer decays its learning rate exactly as BI-BAU's M-step does."""
+    name = getattr(config.lr_scheduler_type, "value", config.lr_scheduler_type)
+    if name not in LR_SCHEDULES:
+        raise ValueError(f"baselines support lr_scheduler_type in {LR_SCHEDULES}, got {name!r}")
+    return name
+
+
 def clean_finetune(model: ContrastiveAdapter, train: ImageTextDataset, config: BIBAUConfig) -> float:
-    """Plain CLIP fine-tuning of ``model`` (in place) with BI-BAU's pairs, epochs, batch size and learning rate: the
-    baseline BI-BAU is compared with. Returns its wall time in seconds."""
+    """Plain CLIP fine-tuning of ``model`` (in place) with BI-BAU's pairs, epochs, batch size, learning rate and
+    learning-rate schedule: the baseline BI-BAU is compared with. Returns its wall time in seconds."""
     started = time.time()
     train_contrastive(
         model, train.images, train.captions, epochs=int(config.num_train_epochs),
         batch_size=config.per_device_train_batch_size, learning_rate=config.learning_rate, weight_decay=0.0,
-        warmup_fraction=0.0, seed=config.seed, progress=False,
+        warmup_fraction=0.0, seed=config.seed, progress=False, lr_schedule=lr_schedule_of(config),
     )
     return time.time() - started
 
 
-__all__ = ["CleanArguments", "clean_finetune", "format_table", "run_clean"]
+__all__ = ["CleanArguments", "clean_finetune", "format_table", "lr_schedule_of", "run_clean"]
