@@ -438,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from bibau_hf.bibau_trainer import library_versions
 
+    if any(baselines.VARIANTS.get(m, {}).get("use_lora") for m in args.methods):
+        # Import before any cell is measured: a first import (peft alone takes seconds and tens of MB) would be
+        # charged to whichever cell happens to come first.
+        import peft  # noqa: F401
+
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     cells: list[dict[str, Any]] = []
     computed: dict[Path, dict[str, Any]] = {}
