@@ -421,8 +421,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     suffix = "_quick" if args.quick else ""
     results = ROOT / "benchmarks" / "results"
     args.out = Path(args.out or results / f"benchmark{suffix}.json")
-    args.plot = args.out.with_name(f"asr_vs_ca{suffix}.png") if args.out.stem.startswith("benchmark") else \
-        args.out.with_suffix(".png")
+    # benchmark.json -> asr_vs_ca.png, benchmark_quick.json -> asr_vs_ca_quick.png, x.json -> asr_vs_ca_x.png
+    stem = args.out.stem
+    plot_suffix = stem[len("benchmark") :] if stem.startswith("benchmark") else f"_{stem}"
+    args.plot = args.out.with_name(f"asr_vs_ca{plot_suffix}.png")
     args.cells = Path(args.cells or ROOT / "benchmarks" / "runs" / "bench")
     args.work_dir = str(args.cells / "_work")
     args.render = not args.quick and not args.no_render and args.out == results / "benchmark.json"
