@@ -113,6 +113,13 @@ def benchmark_tables(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def plot_path(json_path: Path) -> Path:
+    """benchmark.json -> asr_vs_ca.png, benchmark_quick.json -> asr_vs_ca_quick.png, x.json -> asr_vs_ca_x.png."""
+    stem = json_path.stem
+    suffix = stem[len("benchmark") :] if stem.startswith("benchmark") else f"_{stem}"
+    return json_path.with_name(f"asr_vs_ca{suffix}.png")
+
+
 def plot_asr_vs_ca(data: dict[str, Any], path: str | Path) -> None:
     """Mean ASR (over attacks and seeds) against mean CA, one point per method, one panel per dataset."""
     import matplotlib
@@ -149,11 +156,13 @@ def main() -> int:
     lab = RESULTS / "lab.json"
     if lab.is_file():
         blocks += lab_table(json.loads(lab.read_text())) + [""]
-    bench = RESULTS / "benchmark.json"
-    if bench.is_file():
-        data = json.loads(bench.read_text())
+    # benchmark.json first, then other runs (e.g. ablations); quick runs are smoke tests, not results to publish.
+    for path in sorted(RESULTS.glob("benchmark*.json"), key=lambda p: (p.stem != "benchmark", p.name)):
+        if path.stem.endswith("_quick"):
+            continue
+        data = json.loads(path.read_text())
         blocks += benchmark_tables(data) + [""]
-        plot_asr_vs_ca(data, RESULTS / "asr_vs_ca.png")
+        plot_asr_vs_ca(data, plot_path(path))
     for path in sorted(RESULTS.glob("defense_*.json")):
         blocks += defense_table(path.stem.replace("defense_", "BI-BAU vs baselines: "), json.loads(path.read_text()))
         blocks.append("")

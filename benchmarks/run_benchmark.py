@@ -421,13 +421,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     suffix = "_quick" if args.quick else ""
     results = ROOT / "benchmarks" / "results"
     args.out = Path(args.out or results / f"benchmark{suffix}.json")
-    # benchmark.json -> asr_vs_ca.png, benchmark_quick.json -> asr_vs_ca_quick.png, x.json -> asr_vs_ca_x.png
-    stem = args.out.stem
-    plot_suffix = stem[len("benchmark") :] if stem.startswith("benchmark") else f"_{stem}"
-    args.plot = args.out.with_name(f"asr_vs_ca{plot_suffix}.png")
     args.cells = Path(args.cells or ROOT / "benchmarks" / "runs" / "bench")
     args.work_dir = str(args.cells / "_work")
-    args.render = not args.quick and not args.no_render and args.out == results / "benchmark.json"
+    # RESULTS.md shows every benchmarks/results/benchmark*.json but the quick ones.
+    args.render = not args.quick and not args.no_render and args.out.parent == results
     return args
 
 
@@ -497,11 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, result)
     import render_results
 
-    render_results.plot_asr_vs_ca(result, args.plot)
+    plot = render_results.plot_path(args.out)
+    render_results.plot_asr_vs_ca(result, plot)
     print("\n".join(render_results.benchmark_tables(result)))
     if args.render:
         render_results.main()
-    log(f"done: {args.out}, {args.plot}" + (", benchmarks/RESULTS.md" if args.render else ""))
+    log(f"done: {args.out}, {plot}" + (", benchmarks/RESULTS.md" if args.render else ""))
     return 0
 
 

@@ -302,7 +302,8 @@ def test_run_bibau_reports_what_the_benchmark_keeps(digits_data, tmp_path, _tiny
     )
     before = params_of(model)
     info = baselines.run_bibau(model, small_set(digits_data), config)
-    assert set(info) >= {"seconds", "e_step_seconds", "mode", "suspected_target", "score_before", "steps"}
+    assert set(info) >= {"seconds", "e_step_seconds", "mode", "suspected_target", "score_before", "steps",
+                         "stopped_early"}
     assert info["steps"] == 2 and info["mode"] == "full" and info["suspected_target"] in digits_data[1].class_names
     assert not torch.equal(before, params_of(model))
 

@@ -69,4 +69,5 @@ def run_bibau(
         "score_before": report["metrics_before"].get("backdoor_score"),
         "score_after": report["metrics_after"].get("backdoor_score"),
         "steps": report["steps"],
+        "stopped_early": report["stopped_early"],
     }
