@@ -41,6 +41,14 @@ class BIBAUConfig(TrainingArguments):
             "tower's triggers are natural shortcuts; unlearning them costs accuracy). 0 always unlearns."
         },
     )
+    target_posterior: bool = field(
+        default=True,
+        metadata={
+            "help": "Estimate the latent target (the posterior's mode on the suspect model) and unlearn the trigger "
+            "toward it, gated by unlearn_threshold. False is the ablation with a uniform posterior: every round "
+            "unlearns the inverted triggers toward every candidate concept alike, with no push."
+        },
+    )
     final_scan: bool = field(default=True, metadata={"help": "Run one more E-step after training, for the report."})
     # ------------------------------------------------------------------------------------------------ E-step
     invert_towers: str = field(

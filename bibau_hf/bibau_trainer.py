@@ -248,6 +248,8 @@ class BIBAUTrainer(Trainer):
         if not self.scans:
             result = self.inverter.run()
             self._set_targets(result)
+        elif not self.args.target_posterior:
+            result = self.inverter.run(previous=previous)
         else:
             # The latent target was estimated on the unmodified model; later rounds only re-invert the trigger
             # toward it on the current model (its anomalies there are partly our own unlearning's doing).
@@ -266,7 +268,9 @@ class BIBAUTrainer(Trainer):
             chosen = text[0].trigger_for(text_target) or text[0].trigger
             self._soft_tokens = chosen.tokens[0].detach().clone()
         self._target_direction = None
-        if image_target is not None and self.args.push_weight > 0:
+        if not self.args.target_posterior:
+            self._unlearn_every_concept(result)
+        if image_target is not None and self.args.push_weight > 0 and self.args.target_posterior:
             index = result.candidates.index(image_target)
             self._target_direction = self.inverter.concept_emb[index].to(self.args.device)
         tracked = self._tracked_score(result)
@@ -312,6 +316,14 @@ class BIBAUTrainer(Trainer):
             embedding = concept_embeddings(self.adapter, [first.suspected_target], self.inverter.templates)[0]
         images = similarity_sample(self.train_dataset.images, SIMILARITY_IMAGES, self.args.seed)
         self._similarity[phase] = {"trigger": source, **trigger_similarities(self.adapter, images, trigger, embedding)}
+
+    def _unlearn_every_concept(self, result: ScanResult) -> None:
+        """The no-posterior ablation: unlearn the sweep's trigger toward *every* candidate concept alike (a uniform
+        posterior over the latent target), with no push and no gating by the score."""
+        self._image_triggers = [t.sweep.select([i]) for t in result.image_triggers()
+                                for i in range(len(t.sweep_candidates))]
+        text = result.text_triggers()
+        self._soft_tokens = text[0].sweep.tokens.detach().clone() if text else None  # one set per concept
 
     def _set_targets(self, result: ScanResult) -> None:
         """Per modality, the MAP latent target of the suspect model's scan and its anomaly score."""
@@ -376,6 +388,9 @@ class BIBAUTrainer(Trainer):
         pixel_values, input_ids = inputs["pixel_values"], inputs["input_ids"]
         triggered = self._triggered_images(pixel_values)
         soft = self._soft_tokens if args.trigger_text_weight > 0 else None
+        if soft is not None and soft.dim() == 3:  # one soft-token set per concept: each owns a share of the rows
+            rows = (torch.arange(pixel_values.shape[0]) + self.state.global_step) % soft.shape[0]
+            soft = soft[rows.to(soft.device)]
         invariance = triggered is not None and args.invariance_weight > 0
         out = model(pixel_values, input_ids, triggered_pixel_values=triggered, soft_tokens=soft,
                     soft_position=args.soft_token_position, class_token_states=invariance)
@@ -598,6 +613,8 @@ class BIBAUTrainer(Trainer):
         if self.args.keep_lora_adapter:
             self._lora_state = copy.deepcopy(peft_model)
         self.adapter.model = peft_model.merge_and_unload()
+        # peft froze the base for training; the merged model is a plain model again, trainable like the input was.
+        self.adapter.requires_grad_(True)
         self.model = self.adapter
         self.model_wrapped = self.adapter
         self._lora = False

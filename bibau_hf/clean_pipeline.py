@@ -18,7 +18,7 @@ from typing import Any
 from .attacks.plant import ATTACK_FILE, PlantConfig, check_output_dir, load_attack, plant_backdoor
 from .bibau_config import BIBAUConfig
 from .bibau_trainer import REPORT_FILE, BIBAUTrainer
-from .contrastive import train_contrastive
+from .contrastive import LR_SCHEDULES, train_contrastive
 from .data import DIGIT_CLASS_NAMES, ImageTextDataset, ZeroShotSet
 from .data.sources import is_builtin, load_train_and_eval
 from .errors import DataError
@@ -190,19 +190,33 @@ def run_clean(args: CleanArguments, config: BIBAUConfig) -> dict[str, Any]:
     return report
 
 
+def lr_schedule_of(config: BIBAUConfig) -> str:
+    """The plain-loop name (see :func:`bibau_hf.contrastive.make_lr_scheduler`) of the config's schedule, so that a
+    baseline trained outside the Trainer decays its learning rate exactly as BI-BAU's M-step does."""
+    name = getattr(config.lr_scheduler_type, "value", config.lr_scheduler_type)
+    if name not in LR_SCHEDULES:
+        raise ValueError(f"baselines support lr_scheduler_type in {LR_SCHEDULES}, got {name!r}")
+    return name
+
+
+def finetune_epochs(config: BIBAUConfig, num_pairs: int) -> int:
+    """Epochs over ``num_pairs`` clean pairs that give a plain training loop BI-BAU's M-step budget: ``max_steps``
+    optimisation steps where set (both loops drop the last partial batch), else ``num_train_epochs``."""
+    if config.max_steps > 0:
+        return math.ceil(config.max_steps / max(1, num_pairs // config.per_device_train_batch_size))
+    return int(config.num_train_epochs)
+
+
 def clean_finetune(model: ContrastiveAdapter, train: ImageTextDataset, config: BIBAUConfig) -> float:
-    """Plain CLIP fine-tuning of ``model`` (in place) with BI-BAU's pairs, steps, batch size and learning rate: the
-    baseline BI-BAU is compared with. Returns its wall time in seconds."""
+    """Plain CLIP fine-tuning of ``model`` (in place) with BI-BAU's pairs, steps, batch size, learning rate and
+    learning-rate schedule: the baseline BI-BAU is compared with. Returns its wall time in seconds."""
     started = time.time()
-    epochs = int(config.num_train_epochs)
-    if config.max_steps > 0:  # the same number of optimisation steps (both loops drop the last partial batch)
-        epochs = math.ceil(config.max_steps / max(1, len(train) // config.per_device_train_batch_size))
     train_contrastive(
-        model, train.images, train.captions, epochs=epochs,
+        model, train.images, train.captions, epochs=finetune_epochs(config, len(train)),
         batch_size=config.per_device_train_batch_size, learning_rate=config.learning_rate, weight_decay=0.0,
-        warmup_fraction=0.0, seed=config.seed, progress=False,
+        warmup_fraction=0.0, seed=config.seed, progress=False, lr_schedule=lr_schedule_of(config),
     )
     return time.time() - started
 
 
-__all__ = ["CleanArguments", "clean_finetune", "format_table", "run_clean"]
+__all__ = ["CleanArguments", "clean_finetune", "finetune_epochs", "format_table", "lr_schedule_of", "run_clean"]

@@ -41,6 +41,59 @@ def tokenize_all(adapter: ContrastiveAdapter, captions: Sequence[str], batch_siz
     return torch.cat([F.pad(c, (0, length - c.shape[1]), value=adapter.pad_token_id) for c in chunks])
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def make_optimizer(adapter: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; biases, norms and the logit scale get no weight decay (as in CLIP)."""
+    decay, no_decay = [], []
+    for name, param in adapter.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.dim() < 2 or "logit_scale" in name else decay).append(param)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate,
+    )
+
+
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.0, schedule: str = "cosine"
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_fraction`` of the steps (at least one step), then the named schedule.
+
+    Args:
+        optimizer: the optimizer whose learning rate is scheduled.
+        total_steps: optimizer steps in the whole run.
+        warmup_fraction: share of the steps used for the linear warm-up.
+        schedule: ``"cosine"`` (decay to 0), ``"linear"`` (decay to 0) or ``"constant"`` (the peak rate throughout,
+            what ``transformers``' ``"constant"`` scheduler, BIBAUConfig's default, does).
+
+    Raises:
+        ValueError: on an unknown schedule name.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    warmup = max(1, int(warmup_fraction * total_steps))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+
+
+def clamp_logit_scale(adapter: ContrastiveAdapter) -> None:
+    """Clamp the learned temperature as CLIP does, so logits cannot blow up (call after each optimizer step)."""
+    with torch.no_grad():
+        adapter.native_model.logit_scale.clamp_(0, math.log(100))
+
+
 def train_contrastive(
     adapter: ContrastiveAdapter,
     images: torch.Tensor,
@@ -55,6 +108,7 @@ def train_contrastive(
     seed: int = 0,
     progress: bool = True,
     description: str = "train",
+    lr_schedule: str = "cosine",
 ) -> list[float]:
     """Train all parameters of ``adapter`` with the CLIP loss on in-memory pairs.
 
@@ -72,6 +126,8 @@ def train_contrastive(
         seed: seeds shuffling and augmentation.
         progress: show a progress bar.
         description: progress bar label.
+        lr_schedule: ``"cosine"`` (decay after the warm-up), ``"constant"`` or ``"linear"``; see
+            :func:`make_lr_scheduler`.
 
     Returns:
         The mean loss of each epoch.
@@ -87,22 +143,8 @@ def train_contrastive(
     steps_per_epoch = max(1, n // batch_size)
     total_steps = epochs * steps_per_epoch
 
-    decay, no_decay = [], []
-    for name, param in adapter.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.dim() < 2 or "logit_scale" in name else decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=learning_rate,
-    )
-    warmup = max(1, int(warmup_fraction * total_steps))
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    optimizer = make_optimizer(adapter, learning_rate, weight_decay)
+    scheduler = make_lr_scheduler(optimizer, total_steps, warmup_fraction, lr_schedule)
     adapter.train()
     epoch_losses = []
     bar = tqdm(total=total_steps, desc=description, disable=not progress, leave=False)
@@ -122,8 +164,7 @@ def train_contrastive(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            with torch.no_grad():  # CLIP clamps the temperature so logits cannot blow up
-                adapter.native_model.logit_scale.clamp_(0, math.log(100))
+            clamp_logit_scale(adapter)
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")

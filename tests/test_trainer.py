@@ -258,3 +258,14 @@ def test_later_rounds_reinvert_only_toward_the_first_rounds_targets(tiny_model, 
     for trig in second["triggers"]:
         assert trig["focused"] and trig["suspected_target"] == targets[trig["modality"]]
         assert list(trig["objectives"]) == [targets[trig["modality"]]]
+
+
+def test_without_target_posterior_every_concepts_trigger_is_unlearned(tiny_model, digits_data, tmp_path):
+    config = make_config(tmp_path, max_steps=2, em_rounds=1, target_posterior=False,
+                         concept_names=digits_data[1].class_names)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    trainer.train()
+    assert len(trainer._image_triggers) == 10  # one inverted image trigger per candidate concept
+    assert trainer._soft_tokens.shape[0] == 10 and trainer._target_direction is None
+    logged = trainer.state.log_history[-1]
+    assert "bibau/trigger_text" in logged and "bibau/push" not in logged

@@ -1,0 +1,72 @@
+"""BI-BAU and its ablations, as overrides of one :class:`~bibau_hf.BIBAUConfig` (the method runs through
+:class:`~bibau_hf.BIBAUTrainer`, exactly as a user would run it).
+
+Each variant switches off one part of the method (DESIGN §3):
+
+- ``bibau_no_text``: ``invert_towers="image"``: no soft-token text trigger, no text-branch unlearning term.
+- ``bibau_no_target``: ``target_posterior=False``: no estimate of the latent target; every round unlearns the
+  inverted triggers toward every candidate concept alike (a uniform posterior), with no push and no gating.
+- ``bibau_no_prior``: ``prior_type="none"``: no distillation to the suspect model's clean embeddings.
+- ``bibau_mask_only``: the default (mask-and-pattern family only); the same run as ``bibau``, listed for the table.
+- ``bibau_additive``: ``trigger_families=["additive"]``: the L∞ additive family instead of mask-and-pattern.
+
+``bibau_lora`` trains LoRA adapters only, at learning rate 1e-3 (the rate ``run_defense.py --lora`` uses: a rank-8
+adapter at the full model's 1e-4 barely moves in 60 steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from bibau_hf.bibau_config import BIBAUConfig
+from bibau_hf.bibau_trainer import BIBAUTrainer
+from bibau_hf.data import ImageTextDataset
+from bibau_hf.models import ContrastiveAdapter
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "bibau": {},
+    "bibau_lora": {"use_lora": True, "learning_rate": 1e-3},
+    "bibau_no_text": {"invert_towers": "image"},
+    "bibau_no_target": {"target_posterior": False},
+    "bibau_no_prior": {"prior_type": "none"},
+    "bibau_mask_only": {"trigger_families": ["mask"]},
+    "bibau_additive": {"trigger_families": ["additive"]},
+}
+"""BIBAUConfig overrides per variant (on top of the benchmark's shared config)."""
+
+ALIASES = {"bibau_mask_only": "bibau"}
+"""Variants that are the same run as another (their cell is computed once)."""
+
+
+def variant_config(base: BIBAUConfig, variant: str, output_dir: str) -> BIBAUConfig:
+    """A copy of ``base`` with the variant's overrides and its own output folder.
+
+    Raises:
+        KeyError: on an unknown variant.
+    """
+    if variant not in VARIANTS:
+        raise KeyError(f"unknown BI-BAU variant {variant!r}; choose from {sorted(VARIANTS)}")
+    # dataclasses.replace goes through __init__, so the variant is validated like any user config.
+    return dataclasses.replace(base, **VARIANTS[variant], output_dir=output_dir)
+
+
+def run_bibau(
+    adapter: ContrastiveAdapter, data: ImageTextDataset, config: BIBAUConfig, base_model_name: str | None = None
+) -> dict[str, Any]:
+    """Purify ``adapter`` in place with BIBAUTrainer; returns the parts of its report the benchmark keeps."""
+    started = time.time()
+    trainer = BIBAUTrainer(adapter, config, data, base_model_name=base_model_name)
+    trainer.train()
+    report = trainer.report
+    return {
+        "seconds": time.time() - started,
+        "e_step_seconds": report["timing"]["e_step_seconds"],
+        "mode": report["mode"],
+        "suspected_target": report["suspected_target"],
+        "score_before": report["metrics_before"].get("backdoor_score"),
+        "score_after": report["metrics_after"].get("backdoor_score"),
+        "steps": report["steps"],
+        "stopped_early": report["stopped_early"],
+    }
