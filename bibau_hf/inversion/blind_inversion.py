@@ -38,6 +38,7 @@ from .distributed import all_reduce_gradients
 from .image_trigger import build_image_trigger
 from .text_trigger import SoftTokenTrigger
 
+TEXT_SWEEP_BATCH = 64
 DEFAULT_CONCEPT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image of a {}.", "{}")
 
 
@@ -454,6 +455,9 @@ class BlindInverter:
         ``token_candidates`` tokens per concept, which are then evaluated exactly. J_k is the best token's loss.
         """
         cfg, adapter = self.config, self.adapter
+        # Text forwards are cheap next to the image sweep; a larger caption batch keeps a clean text tower's costs
+        # from looking anomalous by chance (16 captions scored a BadNets model's clean text tower 3.2, 64 about 1).
+        sampler = BatchSampler(self.images, self.token_ids, TEXT_SWEEP_BATCH, sampler.generator.initial_seed())
         weight = adapter.token_embedding.weight.detach()
         position = cfg.soft_token_position
         scale = adapter.logit_scale().detach()
