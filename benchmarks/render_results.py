@@ -33,28 +33,6 @@ def lab_table(data: dict) -> list[str]:
     return lines
 
 
-def defense_table(name: str, data: dict) -> list[str]:
-    lines = [f"### {name} (`{data['command']}`)", "",
-             "Percentages; ASR is text ASR for the text trigger; *retuned* = ASR after the retuning attack "
-             "(5 poisoned + 100 clean pairs, 5 epochs).", "",
-             "| attack | clean ref CA / ASR / retuned | no defense CA / ASR | clean FT CA / ASR / retuned / DER | "
-             "BI-BAU CA / ASR / retuned / DER | score: clean ref / before / after | BI-BAU s (clean FT s) |",
-             "|---|---|---|---|---|---|---|"]
-    for r in data["rows"]:
-        c, n, f, b = r["clean_reference"], r["no_defense"], r["clean_finetune"], r["bibau"]
-        lines.append(
-            f"| {r['attack']} | {pct(c['ca'])} / {pct(c['asr'])} / {pct(c['retuned_asr'])} | {pct(n['ca'])} / "
-            f"{pct(n['asr'])} | {pct(f['ca'])} / {pct(f['asr'])} / {pct(f['retuned_asr'])} / {f['der']:.3f} | "
-            f"{pct(b['ca'])} / {pct(b['asr'])} / {pct(b['retuned_asr'])} / {b['der']:.3f} | "
-            f"{c['backdoor_score']} / {b['score_before']} / {b['score_after']} | {b['seconds']} ({f['seconds']}) |"
-        )
-    machine = data.get("machine", {})
-    lines += ["", f"Machine: {machine.get('platform')}, {machine.get('cpus')} CPUs, torch threads "
-              f"{machine.get('torch_threads')}; seed {data['seed']}; defender data {data['defender_fraction']:.0%} of "
-              f"the training pairs; versions: " + ", ".join(f"{k} {v}" for k, v in data.get("versions", {}).items())]
-    return lines
-
-
 def pm(stat: dict[str, Any] | None, percent: bool = True, digits: int = 1) -> str:
     """``mean ± std`` of an aggregate (just the mean with one seed; ``-`` when undefined)."""
     if not stat or stat.get("mean") is None:
@@ -163,9 +141,6 @@ def main() -> int:
         data = json.loads(path.read_text())
         blocks += benchmark_tables(data) + [""]
         plot_asr_vs_ca(data, plot_path(path))
-    for path in sorted(RESULTS.glob("defense_*.json")):
-        blocks += defense_table(path.stem.replace("defense_", "BI-BAU vs baselines: "), json.loads(path.read_text()))
-        blocks.append("")
     page = PAGE.read_text()
     head, rest = page.split(BEGIN, 1)
     _, tail = rest.split(END, 1)

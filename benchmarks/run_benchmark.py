@@ -217,9 +217,9 @@ class Context:
             data_cache[(dataset, seed)] = (train, test, train.take_fraction(args.fraction, seed=seed))
         self.train, self.test, self.clean_set = data_cache[(dataset, seed)]
         for name in ("clean", attack):  # plant (and cache) what the lab has not made yet
-            plant(dataset, "hf", name, seed, runs, False)
-        self.clean_dir = runs / f"{self.tag}_hf_clean_s{seed}"
-        self.folder = runs / f"{self.tag}_hf_{attack}_s{seed}"
+            plant(dataset, args.backend, name, seed, runs, False)
+        self.clean_dir = runs / f"{self.tag}_{args.backend}_clean_s{seed}"
+        self.folder = runs / f"{self.tag}_{args.backend}_{attack}_s{seed}"
         self.trigger, self.record = load_attack(self.folder)
         self.target = self.record["target_class"]
         self.evaluator = ZeroShotEvaluator(self.test, self.trigger, self.target)
@@ -283,7 +283,7 @@ def cell_settings(args: argparse.Namespace, method: str) -> dict[str, Any]:
     import baselines
 
     settings = {"fraction": args.fraction, "config": dict(sorted(args.config_overrides.items())),
-                "retune": {**RETUNE, "draws": RETUNE_SEEDS}, "device": args.device, "backend": "hf"}
+                "retune": {**RETUNE, "draws": RETUNE_SEEDS}, "device": args.device, "backend": args.backend}
     if method in baselines.VARIANTS:
         settings["variant"] = baselines.VARIANTS[method]
     return settings
@@ -409,6 +409,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=float, default=None,
                         help="epochs of every method, instead of BIBAUConfig's max_steps budget")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--backend", default="hf", choices=["hf", "open_clip"], help="the planted models' format")
     parser.add_argument("--runs", default=str(ROOT / "benchmarks" / "runs" / "lab"), help="the lab's model cache")
     parser.add_argument("--cells", default=None, help="cell cache (default benchmarks/runs/bench)")
     parser.add_argument("--out", default=None, help="JSON output (default benchmarks/results/benchmark[_quick].json)")
@@ -425,7 +426,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.config_overrides = dict(quick.get("config", {}))
     if args.epochs is not None:
         args.config_overrides.update(num_train_epochs=args.epochs, max_steps=-1)
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_open_clip" if args.backend == "open_clip" else "") + ("_quick" if args.quick else "")
     results = ROOT / "benchmarks" / "results"
     args.out = Path(args.out or results / f"benchmark{suffix}.json")
     args.cells = Path(args.cells or ROOT / "benchmarks" / "runs" / "bench")
@@ -461,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
                 before, reference = None, None
                 for method in [REFERENCE, *args.methods]:
                     source = baselines.ALIASES.get(method, method)
-                    path = args.cells / f"{dataset_tag(dataset)}_{attack}_s{seed}" / f"{source}.json"
+                    path = args.cells / f"{dataset_tag(dataset)}_{args.backend}_{attack}_s{seed}" / f"{source}.json"
                     cell = computed.get(path)
                     if cell is None and args.resume and path.is_file():
                         cached = json.loads(path.read_text())

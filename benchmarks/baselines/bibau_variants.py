@@ -10,7 +10,7 @@ Each variant switches off one part of the method (DESIGN §3):
 - ``bibau_mask_only``: the default (mask-and-pattern family only); the same run as ``bibau``, listed for the table.
 - ``bibau_additive``: ``trigger_families=["additive"]``: the L∞ additive family instead of mask-and-pattern.
 
-``bibau_lora`` trains LoRA adapters only, at learning rate 1e-3 (the rate ``run_defense.py --lora`` uses: a rank-8
+``bibau_lora`` trains LoRA adapters only, at learning rate 1e-3 (a rank-8
 adapter at the full model's 1e-4 barely moves in 60 steps).
 """
 

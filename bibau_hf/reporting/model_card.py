@@ -292,9 +292,13 @@ def _trace(report: dict[str, Any]) -> tuple[list[str], list[list[str]], bool]:
         metrics = {k: v for k, v in (report.get("metrics_after") or {}).items() if k != "backdoor_score"}
         entries.append(("end", report.get("steps"), after, metrics))
     for label, step, entry, metrics in entries:
+        # A focused round re-inverts toward the round-0 target only: its score is that target's anomaly against
+        # round 0's costs, and it has no posterior of its own.
+        focused = any(t.get("focused") for t in entry.get("triggers") or [])
+        posterior = "(fixed)" if focused else f"{entry.get('suspected_target_posterior', 0):.3f}"
         rows.append([
             label, "–" if step is None else str(step), f"{entry.get('backdoor_score', 0):.3f}",
-            _cell(entry.get("suspected_target", "–")), f"{entry.get('suspected_target_posterior', 0):.3f}",
+            _cell(entry.get("suspected_target", "–")), posterior,
             _trigger_size(entry), *(_format(k, metrics.get(k)) for k in metric_keys),
         ])
     return header, rows, bool(metric_keys)
