@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .attacks.plant import ATTACK_FILE, PlantConfig, check_output_dir, load_attack, plant_backdoor
+from .attacks.retune import retuning_attack
 from .bibau_config import BIBAUConfig
 from .bibau_trainer import REPORT_FILE, BIBAUTrainer
 from .contrastive import LR_SCHEDULES, train_contrastive
@@ -68,6 +69,18 @@ class CleanArguments:
         default=False,
         metadata={"help": "Also time plain clean fine-tuning on the same data and epochs (on a copy; not saved)."},
     )
+    completeness_test: bool = field(
+        default=False,
+        metadata={
+            "help": "After cleaning, run the retuning attack (DESIGN §4: 5 poisoned + 100 clean pairs from the "
+            "labelled training split, 5 epochs; mean of 3 draws) with the --eval_attack trigger, and report the ASR "
+            "it brings back. On in the demo."
+        },
+    )
+    reference_model: str | None = field(
+        default=None,
+        metadata={"help": "A model trained without poison: the completeness test runs on it too, for comparison."},
+    )
     demo_cache_dir: str = field(
         default_factory=default_cache_dir, metadata={"help": "Where the demo's planted model is cached."}
     )
@@ -82,20 +95,24 @@ def _demo_model(args: CleanArguments) -> str:
     return str(folder)
 
 
-def _load_clean_data(args: CleanArguments, image_size: int, seed: int) -> tuple[ImageTextDataset, ZeroShotSet | None]:
+def _load_clean_data(
+    args: CleanArguments, image_size: int, seed: int
+) -> tuple[ImageTextDataset, ZeroShotSet | None, ImageTextDataset]:
+    """The defender's clean pairs, the evaluation set (if labelled) and the whole training split they came from."""
     dataset = args.dataset_name or "digits"
     train, test = load_train_and_eval(
         dataset, image_size=32 if is_builtin(dataset) else image_size, seed=seed, image_column=args.image_column,
         caption_column=args.caption_column, label_column=args.label_column, train_split=args.dataset_split,
         eval_split=args.eval_split, class_names=args.class_names or None,
     )
+    pool = train
     if args.clean_fraction is not None:
         if not 0 < args.clean_fraction <= 1:
             raise DataError(f"clean_fraction must be in (0, 1], got {args.clean_fraction}")
         train = train.take_fraction(args.clean_fraction, seed=seed)
     if args.max_clean_samples is not None and args.max_clean_samples < len(train):
         train = train.take(args.max_clean_samples, seed=seed)
-    return train, test
+    return train, test, pool
 
 
 def format_table(report: dict[str, Any], clean_finetune_seconds: float | None = None) -> str:
@@ -117,8 +134,13 @@ def format_table(report: dict[str, Any], clean_finetune_seconds: float | None = 
                  f"(inversion {timing['e_step_seconds']:.1f}s)")
     if clean_finetune_seconds is not None:
         ratio = timing["total_seconds"] / max(clean_finetune_seconds, 1e-9)
-        lines.append(f"plain clean fine-tuning on the same data and epochs: {clean_finetune_seconds:.1f}s "
+        lines.append(f"plain clean fine-tuning on the same data and steps: {clean_finetune_seconds:.1f}s "
                      f"(BI-BAU / clean fine-tuning = {ratio:.2f}x)")
+    completeness = report.get("completeness")
+    if completeness:
+        reference = completeness.get("reference_retuned_asr")
+        lines.append(f"retuning attack (completeness): ASR comes back to {completeness['retuned_asr']:.2%}"
+                     + (f" (clean reference: {reference:.2%})" if reference is not None else ""))
     return "\n".join(lines)
 
 
@@ -155,14 +177,17 @@ def run_clean(args: CleanArguments, config: BIBAUConfig) -> dict[str, Any]:
         if args.clean_fraction is None and args.max_clean_samples is None:
             args.clean_fraction = DEMO_FRACTION
         args.compare_clean_finetune = True
+        args.completeness_test = True
     model = load_adapter(args.model_name_or_path, device=config.device)
-    train, test = _load_clean_data(args, model.image_size, config.seed)
+    train, test, pool = _load_clean_data(args, model.image_size, config.seed)
     trigger, target = None, None
     if args.eval_attack:
         trigger, record = load_attack(args.eval_attack)
         target = record["target_class"]
         if test is None:
             raise DataError("--eval_attack needs a labelled evaluation set: pass --label_column (and --eval_split)")
+    if args.completeness_test and trigger is None:
+        raise DataError("--completeness_test needs the trigger: pass --eval_attack (a planted model or attack.json)")
     if not config.concept_names:
         if test is not None:
             config.concept_names = list(test.class_names)
@@ -183,11 +208,46 @@ def run_clean(args: CleanArguments, config: BIBAUConfig) -> dict[str, Any]:
     report["command"] = command_line()
     if clean_ft_seconds is not None:
         report["timing"]["clean_finetune_seconds"] = round(clean_ft_seconds, 2)
+    if args.completeness_test:
+        report["completeness"] = completeness_test(model, pool, test, evaluator, trigger, target, config.seed,
+                                                   args.reference_model, config.device)
     trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
         print(format_table(report, clean_ft_seconds))
         print(f"[bibau] purified model and {REPORT_FILE} written to {config.output_dir}")
     return report
+
+
+RETUNE_DRAWS = 3
+
+
+def completeness_test(
+    model: ContrastiveAdapter,
+    pool: ImageTextDataset,
+    test: ZeroShotSet,
+    evaluator: ZeroShotEvaluator,
+    trigger: Any,
+    target: int,
+    seed: int,
+    reference_model: str | None = None,
+    device: Any = None,
+) -> dict[str, Any]:
+    """The retuning attack (DESIGN §4) on ``model`` (and on a poison-free reference, if given): mean ASR over
+    :data:`RETUNE_DRAWS` draws of the poisoned pairs, since one draw is too noisy to compare."""
+
+    def retuned(adapter: ContrastiveAdapter) -> float:
+        values = []
+        for draw in range(RETUNE_DRAWS):
+            attacked = retuning_attack(adapter, pool, trigger, target, test.templates, seed=1000 * seed + draw)
+            metrics = evaluator(attacked)
+            values.append(metrics.get("attack_success_rate", metrics.get("text_attack_success_rate", 0.0)))
+        return round(sum(values) / len(values), 4)
+
+    result: dict[str, Any] = {"retuned_asr": retuned(model)}
+    if reference_model:
+        result["reference_retuned_asr"] = retuned(load_adapter(reference_model, device=device))
+    result["retuning"] = "5 poisoned + 100 clean pairs, 5 epochs, lr 5e-4; mean of 3 draws"
+    return result
 
 
 def lr_schedule_of(config: BIBAUConfig) -> str:

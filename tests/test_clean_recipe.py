@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bibau_hf.bibau_config import BIBAUConfig
 from bibau_hf.clean_pipeline import CleanArguments, run_clean
@@ -94,3 +95,33 @@ def test_recipe_prints_one_line_error_for_a_missing_model(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_completeness_test_needs_the_trigger(tiny_model, tmp_path):
+    tiny_model.save_native(tmp_path / "m")
+    args = CleanArguments(model_name_or_path=str(tmp_path / "m"), completeness_test=True)
+    with pytest.raises(DataError, match="eval_attack"):
+        run_clean(args, config(tmp_path))
+    assert not (tmp_path / "out").exists()
+
+
+def test_completeness_test_retunes_the_model_and_a_reference(planted_badnets, digits_data, tiny_model, tmp_path):
+    from bibau_hf.attacks.plant import load_attack
+    from bibau_hf.clean_pipeline import completeness_test
+    from bibau_hf.evaluation import ZeroShotEvaluator
+    from bibau_hf.models import load_adapter
+
+    folder, _ = planted_badnets
+    train, test = digits_data
+    trigger, record = load_attack(folder)
+    evaluator = ZeroShotEvaluator(test, trigger, record["target_class"])
+    model = load_adapter(folder)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tiny_model.save_native(tmp_path / "reference")
+    result = completeness_test(model, train, test, evaluator, trigger, record["target_class"], seed=0,
+                               reference_model=str(tmp_path / "reference"))
+    # The planted backdoor is still there, so retuning keeps it; the untrained reference cannot learn it that fast.
+    assert result["retuned_asr"] > 0.9
+    assert 0.0 <= result["reference_retuned_asr"] < result["retuned_asr"]
+    for name, param in model.named_parameters():  # retuning works on copies
+        torch.testing.assert_close(param, before[name])
