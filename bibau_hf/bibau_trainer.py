@@ -8,6 +8,10 @@ model, target posterior, backdoor score) and continues with M-steps (Trainer's o
       + α_t · L_clip(x, T(c))                   triggered captions keep their own images
       + β   · [cos(f(T(x)), z_q) − cos(f(T(x)), f(c))]₊   away from the suspected target, relative to the own caption
       + γ   · R(θ, θ_bd)                        prior: distillation of clean embeddings, or L2 to the weights (C3)
+      + λ_inv · Σ_blocks ‖h_cls(T(x)) − h_cls^bd(x)‖²   the trigger's features go, not only their mapping
+
+Round 0's E-step searches every candidate concept on the suspect model and fixes the latent target; later rounds
+re-invert the trigger toward it on the current model.
 
 Nothing here knows the attack. An optional ``evaluator`` callable (the recipe builds one from a labelled set and,
 where known, the real trigger) only *measures* the model before, between and after rounds.
