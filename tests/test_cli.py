@@ -190,7 +190,6 @@ def test_push_command_publishes_an_output_folder(cleaned, hub, hub_api, capsys):
 
 
 def test_report_command_renders_a_real_card(cleaned, tmp_path, capsys):
-    pytest.importorskip("bibau_hf.reporting")
     folder = cleaned["output_dir"]
     (folder / "README.md").unlink(missing_ok=True)
     code, out, _ = run(["report", folder], capsys)
