@@ -261,22 +261,10 @@ class BIBAUTrainer(Trainer):
             result = self.inverter.run(previous=previous, focus=focus)
         self._timing["e_step_seconds"] += time.time() - started
         self.scans.append(result)
-        image_target = self._unlearning_target("image")
-        text_target = self._unlearning_target("text")
-        self._image_triggers = []
-        if image_target is not None:
-            self._image_triggers = [t.trigger_for(image_target) or t.trigger for t in result.image_triggers()]
-        text = result.text_triggers()
-        self._soft_tokens = None
-        if text and text_target is not None:
-            chosen = text[0].trigger_for(text_target) or text[0].trigger
-            self._soft_tokens = chosen.tokens[0].detach().clone()
-        self._target_direction = None
-        if not self.args.target_posterior:
+        if self.args.target_posterior:
+            self._unlearn_toward_targets(result)
+        else:
             self._unlearn_every_concept(result)
-        if image_target is not None and self.args.push_weight > 0 and self.args.target_posterior:
-            index = result.candidates.index(image_target)
-            self._target_direction = self.inverter.concept_emb[index].to(self.args.device)
         tracked = self._tracked_score(result)
         entry = {"round": round_index, "step": self.state.global_step, **result.to_dict(),
                  "tracked_targets": {m: t for m, (_, t) in self._targets.items()}, "tracked_score": round(tracked, 3)}
@@ -321,6 +309,24 @@ class BIBAUTrainer(Trainer):
         images = similarity_sample(self.train_dataset.images, SIMILARITY_IMAGES, self.args.seed)
         self._similarity[phase] = {"trigger": source, **trigger_similarities(self.adapter, images, trigger, embedding)}
 
+    def _unlearn_toward_targets(self, result: ScanResult) -> None:
+        """The M-step's triggers: each modality's inverted trigger toward its round-0 target (none below the
+        unlearning threshold), and the image target's direction for the push term."""
+        image_target = self._unlearning_target("image")
+        text_target = self._unlearning_target("text")
+        self._image_triggers = []
+        if image_target is not None:
+            self._image_triggers = [t.trigger_for(image_target) or t.trigger for t in result.image_triggers()]
+        text = result.text_triggers()
+        self._soft_tokens = None
+        if text and text_target is not None:
+            chosen = text[0].trigger_for(text_target) or text[0].trigger
+            self._soft_tokens = chosen.tokens[0].detach().clone()
+        self._target_direction = None
+        if image_target is not None and self.args.push_weight > 0:
+            index = result.candidates.index(image_target)
+            self._target_direction = self.inverter.concept_emb[index].to(self.args.device)
+
     def _unlearn_every_concept(self, result: ScanResult) -> None:
         """The no-posterior ablation: unlearn the sweep's trigger toward *every* candidate concept alike (a uniform
         posterior over the latent target), with no push and no gating by the score."""
@@ -328,6 +334,7 @@ class BIBAUTrainer(Trainer):
                                 for i in range(len(t.sweep_candidates))]
         text = result.text_triggers()
         self._soft_tokens = text[0].sweep.tokens.detach().clone() if text else None  # one set per concept
+        self._target_direction = None
 
     def _set_targets(self, result: ScanResult) -> None:
         """Per modality, the MAP latent target of the suspect model's scan and its anomaly score."""
@@ -525,12 +532,6 @@ class BIBAUTrainer(Trainer):
     def _ensure_model_card(self, output_dir: Path) -> None:
         """Render the card from the report if saving did not write one (the Hub page should never be blank)."""
         if (output_dir / MODEL_CARD).is_file() or not (output_dir / REPORT_FILE).is_file():
-            return
-        try:
-            from .reporting import write_model_card
-        except ImportError:  # an install without the reporting extras: push the model and report without a card
-            logger.warning("no %s in %s and bibau_hf.reporting is unavailable; pushing without a model card",
-                           MODEL_CARD, output_dir)
             return
         write_model_card(output_dir)
 
