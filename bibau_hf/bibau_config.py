@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from .errors import BIBAUError
@@ -12,6 +15,18 @@ from .inversion import InversionConfig
 IMAGE_FAMILIES = ("mask", "additive")
 TOWERS = ("both", "image", "text")
 PRIORS = ("distill", "l2", "none")
+
+logger = logging.getLogger(__name__)
+
+
+def _launched_multi_process() -> bool:
+    """Whether a launcher (accelerate launch, torchrun) started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6; older ones: CUDA is what Accelerate checks
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 @dataclass
@@ -171,6 +186,11 @@ class BIBAUConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if not self.use_cpu and _launched_multi_process() and not _has_accelerator():
+            # Accelerate only picks gloo on a GPU-less machine when told it runs on the CPU; without this, each
+            # process of `accelerate launch --multi_gpu --num_processes 2` would silently train alone.
+            logger.info("several processes and no accelerator: running on the CPU over gloo (use_cpu=True)")
+            self.use_cpu = True
         super().__post_init__()
         if self.em_rounds < 1:
             raise BIBAUError(f"em_rounds must be >= 1, got {self.em_rounds}")

@@ -27,6 +27,7 @@ from .evaluation import ZeroShotEvaluator
 from .models import ContrastiveAdapter, load_adapter
 
 DEMO_FRACTION = 0.05
+DEMO_BATCH_SIZE = 32  # BIBAUConfig's default per-device batch
 
 
 def default_cache_dir() -> str:
@@ -86,12 +87,13 @@ class CleanArguments:
     )
 
 
-def _demo_model(args: CleanArguments) -> str:
-    """Plant the demo's backdoored model once and reuse it."""
+def _demo_model(args: CleanArguments, config: BIBAUConfig) -> str:
+    """Plant the demo's backdoored model once and reuse it (the main process plants; the others wait for it)."""
     folder = Path(args.demo_cache_dir) / "digits_badnets_hf"
-    if not (folder / ATTACK_FILE).is_file():
-        print(f"[bibau] planting the demo backdoor (digits, BadNets, 5 %) into {folder} ...")
-        plant_backdoor(PlantConfig(output_dir=str(folder), overwrite_output_dir=True))
+    with config.main_process_first(local=True, desc="planting the demo backdoor"):
+        if not (folder / ATTACK_FILE).is_file():
+            print(f"[bibau] planting the demo backdoor (digits, BadNets, 5 %) into {folder} ...")
+            plant_backdoor(PlantConfig(output_dir=str(folder), overwrite_output_dir=True))
     return str(folder)
 
 
@@ -172,12 +174,16 @@ def run_clean(args: CleanArguments, config: BIBAUConfig) -> dict[str, Any]:
     check_output_dir(config.output_dir, config.overwrite_output_dir)
     demo = args.model_name_or_path is None
     if demo:
-        args.model_name_or_path = _demo_model(args)
+        args.model_name_or_path = _demo_model(args, config)
         args.eval_attack = args.eval_attack or args.model_name_or_path
         if args.clean_fraction is None and args.max_clean_samples is None:
             args.clean_fraction = DEMO_FRACTION
         args.compare_clean_finetune = True
         args.completeness_test = True
+        if config.world_size > 1 and config.per_device_train_batch_size == DEMO_BATCH_SIZE:
+            # Keep the demo's global contrastive batch (embeddings are gathered across ranks): 63 clean pairs hold
+            # one batch of 32, not one of 32 per process.
+            config.per_device_train_batch_size = max(2, DEMO_BATCH_SIZE // config.world_size)
     model = load_adapter(args.model_name_or_path, device=config.device)
     train, test, pool = _load_clean_data(args, model.image_size, config.seed)
     trigger, target = None, None
