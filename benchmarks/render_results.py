@@ -56,20 +56,24 @@ def benchmark_tables(data: dict[str, Any]) -> list[str]:
              "and MB. ASR is the text ASR for the text trigger. *retuned*: ASR after the retuning attack "
              f"({retune['num_poison']} poisoned + {retune['num_clean']} clean pairs, "
              f"{retune['epochs']} epochs); *ref retuned*: the same attack on the clean reference. "
-             "*s*: wall time of the defense alone; *MB*: " + data["memory_measure"] + ".", ""]
+             "*s*: wall time of the defense alone; *purification*: BI-BAU's E- and M-steps without the final scan "
+             "it runs for its report (baselines: all their time); *MB*: " + data["memory_measure"] + ".", ""]
     for dataset in data["datasets"]:
         rows = [r for r in data["summary"] if r["dataset"] == dataset]
         if not rows:
             continue
         lines += [f"#### {dataset}: summary over attacks ({', '.join(rows[0]['attacks'])})", "",
                   "| method | mean ASR | mean CA | mean DER | mean retuned ASR | ref retuned | s / defense | "
-                  "× clean FT time | × CleanCLIP time | peak MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "× clean FT time | purification × clean FT | × CleanCLIP time | peak MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(
                 f"| {labels.get(r['method'], r['method'])} | {pct(r['mean_asr'])} | {pct(r['mean_ca'])} | "
                 f"{num(r['mean_der'], '{:.3f}')} | {pct(r['mean_retuned_asr'])} | "
                 f"{pct(r['mean_reference_retuned_asr'])} | {num(r['mean_seconds'])} | "
-                f"{num(r['time_vs_clean_finetune'], '{:.2f}')} | {num(r['time_vs_cleanclip'], '{:.2f}')} | "
+                f"{num(r['time_vs_clean_finetune'], '{:.2f}')} | "
+                f"{num(r.get('purification_vs_clean_finetune'), '{:.2f}')} | "
+                f"{num(r['time_vs_cleanclip'], '{:.2f}')} | "
                 f"{num(r['mean_peak_memory_mb'])} |")
         lines += ["", f"#### {dataset}: per attack", "",
                   "| attack | method | CA | ASR | RA | retuned ASR | ref retuned | DER | s | peak MB |",

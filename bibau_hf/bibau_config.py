@@ -50,10 +50,19 @@ class BIBAUConfig(TrainingArguments):
         },
     )
     unlearn_threshold: float = field(
-        default=2.0,
+        default=1.5,
         metadata={
-            "help": "Unlearn a tower's inverted trigger only once its anomaly score has reached this level (a clean "
-            "tower's triggers are natural shortcuts; unlearning them costs accuracy). 0 always unlearns."
+            "help": "Unlearn the image tower's inverted trigger only if its anomaly score reaches this level (a clean "
+            "tower's triggers are natural shortcuts; unlearning one cost up to 2.2 points of accuracy). Set below "
+            "the usual outlier level of 2 because a missed backdoor costs more than that: two planted models scored "
+            "1.53 and 1.93, clean ones 1.22-3.13 (docs/METHOD_NOTES.md). 0 always unlearns."
+        },
+    )
+    text_unlearn_threshold: float = field(
+        default=10.0,
+        metadata={
+            "help": "The same gate for the text tower. Its score comes from an exact search over real tokens and is "
+            "on another scale: rare-word backdoors scored 26.7-36.5, other text towers 0.8-4.2. 0 always unlearns."
         },
     )
     target_posterior: bool = field(
@@ -145,6 +154,14 @@ class BIBAUConfig(TrainingArguments):
         default="distill",
         metadata={"help": "distill (match the suspect model's clean embeddings), l2 (L2 to its weights) or none."},
     )
+    cache_reference_outputs: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the suspect model's outputs on each clean pair once and reuse them every step (the "
+            "pairs are not augmented and the suspect model is frozen): saves one image and text forward per step "
+            "for memory of pairs x (2 embeddings + one class token per vision block)."
+        },
+    )
     # -------------------------------------------------------------------------------------------------- LoRA
     use_lora: bool = field(default=False, metadata={"help": "Unlearn through LoRA adapters (peft) only."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -210,9 +227,9 @@ class BIBAUConfig(TrainingArguments):
             raise BIBAUError("inversion_batch_size must be >= 2 (collapse is measured between images)")
         if not 0 < self.additive_epsilon <= 1:
             raise BIBAUError(f"additive_epsilon must be in (0, 1], got {self.additive_epsilon}")
-        for name in ("mask_l1_weight", "clean_weight", "trigger_image_weight", "trigger_text_weight",
-                     "invariance_weight", "push_weight", "prior_weight", "posterior_temperature",
-                     "soft_token_norm_weight"):
+        for name in ("unlearn_threshold", "text_unlearn_threshold", "mask_l1_weight", "clean_weight",
+                     "trigger_image_weight", "trigger_text_weight", "invariance_weight", "push_weight", "prior_weight",
+                     "posterior_temperature", "soft_token_norm_weight"):
             if getattr(self, name) < 0:
                 raise BIBAUError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.per_device_train_batch_size < 2:

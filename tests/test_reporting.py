@@ -21,7 +21,8 @@ from bibau_hf.reporting.model_card import BIBAU_METRIC_TYPES, CARD_METRICS
 
 FAST = dict(
     inversion_steps=2, score_steps=5, inversion_batch_size=16, inversion_restarts=1, disable_tqdm=True,
-    logging_steps=1000, report_to="none", seed=0, unlearn_threshold=0.0, per_device_train_batch_size=16,
+    logging_steps=1000, report_to="none", seed=0, unlearn_threshold=0.0,
+    text_unlearn_threshold=0.0, per_device_train_batch_size=16,
 )
 
 

@@ -19,7 +19,8 @@ from bibau_hf.models import load_adapter
 
 FAST = dict(
     inversion_steps=5, score_steps=40, inversion_batch_size=16, inversion_restarts=1, disable_tqdm=True,
-    logging_steps=1000, report_to="none", seed=0, final_scan=False, unlearn_threshold=0.0, max_steps=-1,
+    logging_steps=1000, report_to="none", seed=0, final_scan=False, unlearn_threshold=0.0,
+    text_unlearn_threshold=0.0, max_steps=-1,
 )
 
 
@@ -82,9 +83,34 @@ def test_distillation_prior_is_zero_at_the_suspect_model(tiny_model, digits_data
     trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, prior_type="distill"), data)
     batch = trainer.data_collator([data[i] for i in range(16)])
     out = tiny_model(batch["pixel_values"], batch["input_ids"])
-    ref = trainer._reference_outputs(batch["pixel_values"], batch["input_ids"])
+    ref = trainer._reference_outputs(batch)
     prior = trainer._prior(out["image_embeds"], out["text_embeds"], ref)
     assert float(prior) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_cached_reference_outputs_equal_fresh_ones_and_each_pair_is_forwarded_once(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 24)
+    trainer = BIBAUTrainer(tiny_model, make_config(tmp_path), data)
+    cache = trainer._reference_cache
+    assert cache is not None
+    seen = set()
+    for order in ([3, 0, 7, 12, 5, 9, 1, 2], [9, 3, 20, 21, 0, 15, 7, 23], [23, 22, 21, 20, 3, 9, 0, 1]):
+        batch = trainer.data_collator([data[i] for i in order])
+        cached = trainer._reference_outputs(batch, class_token_states=True)
+        fresh = trainer._suspect_outputs(batch["pixel_values"], batch["input_ids"], class_token_states=True)
+        for name in ("image_embeds", "text_embeds", "image_class_states"):
+            torch.testing.assert_close(cached[name], fresh[name], atol=1e-5, rtol=1e-5)
+        seen.update(order)
+        assert cache.forwarded == len(seen)  # only pairs never seen before were forwarded
+
+
+def test_reference_outputs_are_recomputed_when_the_cache_is_off(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 16)
+    trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, cache_reference_outputs=False), data)
+    assert trainer._reference_cache is None
+    batch = trainer.data_collator([data[i] for i in range(16)])
+    ref = trainer._reference_outputs(batch)
+    torch.testing.assert_close(ref["image_embeds"], trainer.reference.encode_image(batch["pixel_values"]))
 
 
 class _PixelTrigger:

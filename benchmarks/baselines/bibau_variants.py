@@ -63,6 +63,7 @@ def run_bibau(
     return {
         "seconds": time.time() - started,
         "e_step_seconds": report["timing"]["e_step_seconds"],
+        "purification_seconds": report["timing"]["purification_seconds"],
         "mode": report["mode"],
         "suspected_target": report["suspected_target"],
         "score_before": report["metrics_before"].get("backdoor_score"),

@@ -472,9 +472,14 @@ class BlindInverter:
         scores = -(grads @ weight.t())  # first-order decrease of each concept's loss, per vocabulary token
         banned = [adapter.placeholder_token_id, adapter.eos_token_id, adapter.pad_token_id]
         scores[:, banned] = float("-inf")
-        # A concept's own name is its natural shortcut, not a trigger: "seven" inserted in a caption is about seven.
-        for row, k in enumerate(subset):
-            scores[row, adapter.tokenize([self.candidates[k]])[0]] = float("-inf")
+        # A concept's name is a natural shortcut, not a trigger: "seven" inserted in a caption is about seven. With
+        # named concepts (class names) every concept's name is excluded for every concept: the task's own words
+        # move captions between its classes by meaning (a clean digits model sent captions with "two" inserted to
+        # "three", an anomaly of 6.3), while a trigger word is one outside that vocabulary.
+        names = [self.candidates[k] for k in subset]
+        shared = adapter.tokenize(self.candidates).flatten().unique() if self.templates is not None else None
+        for row, name in enumerate(names):
+            scores[row, adapter.tokenize([name])[0] if shared is None else shared] = float("-inf")
         candidates = scores.topk(min(cfg.token_candidates, weight.shape[0] - len(banned)), dim=1).indices
         _, ids = sampler()
         ids = ids.to(adapter.device)

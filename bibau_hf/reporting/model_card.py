@@ -191,11 +191,15 @@ def _searched(report: dict[str, Any]) -> str:
 def _timing_text(report: dict[str, Any]) -> str:
     timing = report.get("timing") or {}
     text = f"Training took {report.get('steps', '?')} optimisation steps"
-    if "total_seconds" in timing:
-        text += f" and {timing['total_seconds']:.1f} s"
+    purification = timing.get("purification_seconds", timing.get("total_seconds"))
+    if purification is not None:
+        text += f" and {purification:.1f} s"
         if "e_step_seconds" in timing:
             text += f", of which {timing['e_step_seconds']:.1f} s went into the trigger search"
     text += "."
+    if "total_seconds" in timing and "purification_seconds" in timing:
+        text += (f" Measuring the model for this report (evaluation each round and the final scan) took "
+                 f"{timing['total_seconds'] - timing['purification_seconds']:.1f} s more.")
     if "clean_finetune_seconds" in timing:
         text += (f" For comparison, plain fine-tuning on the same data and epochs took "
                  f"{timing['clean_finetune_seconds']:.1f} s.")
@@ -347,6 +351,8 @@ def _details(report: dict[str, Any]) -> list[list[str]]:
         ("Stopped early", "yes" if report.get("stopped_early") else "no"),
         ("Final training loss", report.get("train_loss")),
         ("Wall time", f"{timing['total_seconds']:.1f} s" if "total_seconds" in timing else None),
+        ("Purification time", f"{timing['purification_seconds']:.1f} s" if "purification_seconds" in timing
+         else None),
         ("Trigger search time", f"{timing['e_step_seconds']:.1f} s" if "e_step_seconds" in timing else None),
         ("Unlearning time", f"{timing['m_step_seconds']:.1f} s" if "m_step_seconds" in timing else None),
     ]
