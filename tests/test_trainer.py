@@ -295,3 +295,27 @@ def test_without_target_posterior_every_concepts_trigger_is_unlearned(tiny_model
     assert trainer._soft_tokens.shape[0] == 10 and trainer._target_direction is None
     logged = trainer.state.log_history[-1]
     assert "bibau/trigger_text" in logged and "bibau/push" not in logged
+
+
+def test_text_search_never_returns_a_class_name_as_trigger(tiny_model, digits_data):
+    from bibau_hf.inversion import BlindInverter, InversionConfig
+
+    train, test = digits_data
+    data = train.take(32, seed=0)
+    config = InversionConfig(steps=2, score_steps=5, invert_image=False, seed=0, progress=False)
+    result = BlindInverter(tiny_model, data.images, data.captions, config, test.class_names).run()
+    weight = tiny_model.token_embedding.weight.detach()
+    # The sweep's soft tokens are real token embeddings: recover each concept's chosen token id.
+    chosen = {int((weight - row).norm(dim=-1).argmin()) for row in result.text_triggers()[0].sweep.tokens[:, 0]}
+    names = set(tiny_model.tokenize(list(test.class_names)).flatten().tolist())
+    assert len(chosen) >= 1 and not chosen & names
+
+
+def test_each_tower_is_gated_by_its_own_unlearning_threshold(tiny_model, digits_data, tmp_path):
+    config = make_config(tmp_path, unlearn_threshold=1.5, text_unlearn_threshold=10.0)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    trainer._targets = {"image": (1.6, "zero"), "text": (5.0, "one")}
+    assert trainer._unlearning_target("image") == "zero"
+    assert trainer._unlearning_target("text") is None  # 5 is a natural text-side score, not a trigger word's
+    trainer._targets["text"] = (12.0, "one")
+    assert trainer._unlearning_target("text") == "one"
