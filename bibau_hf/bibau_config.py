@@ -12,7 +12,7 @@ from transformers import TrainingArguments
 from .errors import BIBAUError
 from .inversion import InversionConfig
 
-IMAGE_FAMILIES = ("mask", "additive")
+IMAGE_FAMILIES = ("mask", "additive", "warp")
 TOWERS = ("both", "image", "text")
 PRIORS = ("distill", "l2", "none")
 
@@ -79,10 +79,11 @@ class BIBAUConfig(TrainingArguments):
         default="both", metadata={"help": "Which encoders to invert triggers on: both, image or text."}
     )
     trigger_families: list[str] = field(
-        default_factory=lambda: ["mask"],
+        default_factory=lambda: ["mask", "warp"],
         metadata={
-            "help": "Image trigger families to invert: mask (mask-and-pattern) and/or additive (L-inf). additive is "
-            "off by default: on tiny models it finds universal adversarial noise for every concept alike."
+            "help": "Image trigger families to invert: mask (mask-and-pattern: patches, blends), warp (smooth "
+            "displacement fields: WaNet-like) and/or additive (L-inf). additive is off by default: on tiny models it "
+            "finds universal adversarial noise for every concept alike."
         },
     )
     inversion_steps: int = field(default=20, metadata={"help": "Optimisation steps of each untargeted inversion."})
@@ -106,6 +107,10 @@ class BIBAUConfig(TrainingArguments):
     )
     additive_weight: float = field(
         default=0.1, metadata={"help": "Weight of the additive trigger's mean-magnitude prior."}
+    )
+    warp_weight: float = field(
+        default=20.0,
+        metadata={"help": "Weight of the warp trigger's prior (mean displacement relative to its 1/8-image bound)."},
     )
     num_soft_tokens: int = field(default=2, metadata={"help": "Soft tokens of the inverted text trigger."})
     soft_token_position: int = field(
@@ -227,7 +232,7 @@ class BIBAUConfig(TrainingArguments):
             raise BIBAUError("inversion_batch_size must be >= 2 (collapse is measured between images)")
         if not 0 < self.additive_epsilon <= 1:
             raise BIBAUError(f"additive_epsilon must be in (0, 1], got {self.additive_epsilon}")
-        for name in ("unlearn_threshold", "text_unlearn_threshold", "mask_l1_weight", "clean_weight",
+        for name in ("unlearn_threshold", "text_unlearn_threshold", "mask_l1_weight", "warp_weight", "clean_weight",
                      "trigger_image_weight", "trigger_text_weight", "invariance_weight", "push_weight", "prior_weight",
                      "posterior_temperature", "soft_token_norm_weight"):
             if getattr(self, name) < 0:
@@ -258,6 +263,7 @@ class BIBAUConfig(TrainingArguments):
             mask_l1_weight=self.mask_l1_weight,
             additive_epsilon=self.additive_epsilon,
             additive_weight=self.additive_weight,
+            warp_weight=self.warp_weight,
             num_soft_tokens=self.num_soft_tokens,
             soft_token_position=self.soft_token_position,
             soft_token_norm_weight=self.soft_token_norm_weight,

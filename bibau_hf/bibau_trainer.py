@@ -112,6 +112,10 @@ class _StopWhenCleanCallback(TrainerCallback):
         return control
 
 
+def _family_key(trigger: InvertedTrigger) -> str:
+    return f"{trigger.modality}/{trigger.family}"
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape the result."""
     import importlib.metadata as md
@@ -214,10 +218,10 @@ class BIBAUTrainer(Trainer):
         self.trace: list[dict[str, Any]] = []
         self.report: dict[str, Any] = {}
         self._round = -1
-        self._targets: dict[str, tuple[float, str]] = {}
+        self._targets: dict[str, tuple[float, str]] = {}  # "modality/family" -> (round-0 score, its target)
         self._image_triggers: list = []
         self._soft_tokens: torch.Tensor | None = None
-        self._target_direction: torch.Tensor | None = None
+        self._target_directions: torch.Tensor | None = None
         self._metrics: dict[str, list[float]] = defaultdict(list)
         # Purification (E- and M-steps) is timed apart from what only the report needs (per-round evaluation,
         # histograms, the final scan), so that its cost compares with plain fine-tuning's.
@@ -281,7 +285,7 @@ class BIBAUTrainer(Trainer):
         else:
             # The latent target was estimated on the unmodified model; later rounds only re-invert the trigger
             # toward it on the current model (its anomalies there are partly our own unlearning's doing).
-            focus = {m: t for m in ("image", "text") if (t := self._unlearning_target(m)) is not None}
+            focus = {key: t for key in self._targets if (t := self._unlearning_target(key)) is not None}
             result = self.inverter.run(previous=previous, focus=focus)
         self._timing["e_step_seconds"] += time.time() - started
         self.scans.append(result)
@@ -291,7 +295,8 @@ class BIBAUTrainer(Trainer):
             self._unlearn_every_concept(result)
         tracked = self._tracked_score(result)
         entry = {"round": round_index, "step": self.state.global_step, **result.to_dict(),
-                 "tracked_targets": {m: t for m, (_, t) in self._targets.items()}, "tracked_score": round(tracked, 3)}
+                 "tracked_targets": {key: t for key, (_, t) in self._targets.items()},
+                 "tracked_score": round(tracked, 3)}
         started = time.time()
         if self.evaluator is not None:
             entry["metrics"] = self.evaluator(self.adapter)
@@ -336,22 +341,28 @@ class BIBAUTrainer(Trainer):
         self._similarity[phase] = {"trigger": source, **trigger_similarities(self.adapter, images, trigger, embedding)}
 
     def _unlearn_toward_targets(self, result: ScanResult) -> None:
-        """The M-step's triggers: each modality's inverted trigger toward its round-0 target (none below the
-        unlearning threshold), and the image target's direction for the push term."""
-        image_target = self._unlearning_target("image")
-        text_target = self._unlearning_target("text")
-        self._image_triggers = []
-        if image_target is not None:
-            self._image_triggers = [t.trigger_for(image_target) or t.trigger for t in result.image_triggers()]
+        """The M-step's triggers: each family's inverted trigger toward that family's round-0 target (none from a
+        family below its tower's unlearning threshold), and each image trigger's target direction for the push.
+
+        Families keep their own targets: on WaNet the mask family's cheapest concept is a natural shortcut ("two")
+        while the warp family finds the real target, and one target per tower chosen by the higher score followed
+        whichever family the noise favoured.
+        """
+        self._image_triggers, directions = [], []
+        for trig in result.image_triggers():
+            target = self._unlearning_target(_family_key(trig))
+            if target is not None:
+                self._image_triggers.append(trig.trigger_for(target) or trig.trigger)
+                directions.append(self.inverter.concept_emb[result.candidates.index(target)])
+        self._target_directions = None
+        if directions and self.args.push_weight > 0:
+            self._target_directions = torch.stack(directions).to(self.args.device)
         text = result.text_triggers()
         self._soft_tokens = None
-        if text and text_target is not None:
-            chosen = text[0].trigger_for(text_target) or text[0].trigger
+        target = self._unlearning_target(_family_key(text[0])) if text else None
+        if target is not None:
+            chosen = text[0].trigger_for(target) or text[0].trigger
             self._soft_tokens = chosen.tokens[0].detach().clone()
-        self._target_direction = None
-        if image_target is not None and self.args.push_weight > 0:
-            index = result.candidates.index(image_target)
-            self._target_direction = self.inverter.concept_emb[index].to(self.args.device)
 
     def _unlearn_every_concept(self, result: ScanResult) -> None:
         """The no-posterior ablation: unlearn the sweep's trigger toward *every* candidate concept alike (a uniform
@@ -360,27 +371,30 @@ class BIBAUTrainer(Trainer):
                                 for i in range(len(t.sweep_candidates))]
         text = result.text_triggers()
         self._soft_tokens = text[0].sweep.tokens.detach().clone() if text else None  # one set per concept
-        self._target_direction = None
+        self._target_directions = None
 
     def _set_targets(self, result: ScanResult) -> None:
-        """Per modality, the MAP latent target of the suspect model's scan and its anomaly score."""
+        """Per trigger family, the MAP latent target of the suspect model's scan and its anomaly score."""
         for trig in result.triggers:
-            best_score, _ = self._targets.get(trig.modality, (float("-inf"), None))
-            if trig.score > best_score:
-                self._targets[trig.modality] = (trig.score, trig.suspected_target)
+            self._targets[_family_key(trig)] = (trig.score, trig.suspected_target)
 
-    def _unlearning_target(self, modality: str) -> str | None:
-        """The modality's tracked target, if its anomaly reached its unlearning threshold (else nothing to
-        unlearn there: inverting a clean tower only finds natural shortcuts, and unlearning those costs accuracy)."""
-        score, target = self._targets.get(modality, (0.0, None))
-        threshold = self.args.text_unlearn_threshold if modality == "text" else self.args.unlearn_threshold
+    def _unlearning_target(self, key: str) -> str | None:
+        """The family's (``"modality/family"``) round-0 target, if its anomaly reached its tower's unlearning
+        threshold (else nothing to unlearn there: inverting a clean tower only finds natural shortcuts, and
+        unlearning those costs accuracy)."""
+        score, target = self._targets.get(key, (0.0, None))
+        threshold = self.args.text_unlearn_threshold if key.startswith("text/") else self.args.unlearn_threshold
         return target if score >= threshold else None
 
     def _tracked_score(self, result: ScanResult) -> float:
         """How anomalous the tracked targets still are on the current model (the early-stop criterion)."""
-        scores = [t.anomaly.get(self._targets[t.modality][1], 0.0) for t in result.triggers if t.modality in
-                  self._targets]
+        scores = [t.anomaly.get(self._targets[key][1], 0.0) for t in result.triggers
+                  if (key := _family_key(t)) in self._targets]
         return max(scores, default=0.0)
+
+    def _trigger_owner(self, batch: int) -> torch.Tensor:
+        """Which inverted image trigger each row of the batch carries (they take turns across steps)."""
+        return (torch.arange(batch) + self.state.global_step) % len(self._image_triggers)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         round_index = self.state.global_step // self._rounds_length()
@@ -401,12 +415,11 @@ class BIBAUTrainer(Trainer):
         """
         if not self._image_triggers or self.args.trigger_image_weight == 0:
             return None
-        n = len(self._image_triggers)
         batch, _, h, w = pixel_values.shape
         # The data may be smaller or larger than the model input; move by patches measured in data pixels.
         step = max(1, round(self.adapter.patch_size * h / self.adapter.image_size))
         generator = torch.Generator().manual_seed(self.args.seed + self.state.global_step)
-        owner = (torch.arange(batch) + self.state.global_step) % n
+        owner = self._trigger_owner(batch)
         out = pixel_values.clone()
         with torch.no_grad():
             for k, trigger in enumerate(self._image_triggers):
@@ -442,8 +455,9 @@ class BIBAUTrainer(Trainer):
         if triggered is not None:
             trig = out["triggered_image_embeds"]
             terms["trigger_image"] = (args.trigger_image_weight, distributed_clip_loss(trig, texts, scale))
-            if self._target_direction is not None:
-                gap = trig @ self._target_direction - (trig * texts.detach()).sum(-1)
+            if self._target_directions is not None:
+                directions = self._target_directions[self._trigger_owner(trig.shape[0]).to(trig.device)]
+                gap = (trig * directions).sum(-1) - (trig * texts.detach()).sum(-1)
                 terms["push"] = (args.push_weight, torch.relu(gap).mean())
         if soft is not None:
             terms["trigger_text"] = (args.trigger_text_weight,

@@ -45,7 +45,7 @@ def test_distributed_clip_loss_equals_clip_loss_in_one_process():
 
 def test_config_rejects_bad_values(tmp_path):
     with pytest.raises(BIBAUError, match="trigger families"):
-        make_config(tmp_path, trigger_families=["warp"])
+        make_config(tmp_path, trigger_families=["swirl"])
     with pytest.raises(BIBAUError, match="invert_towers"):
         make_config(tmp_path, invert_towers="audio")
     with pytest.raises(BIBAUError, match="em_rounds"):
@@ -280,10 +280,11 @@ def test_later_rounds_reinvert_only_toward_the_first_rounds_targets(tiny_model, 
     first, second = trainer.trace
     targets = first["tracked_targets"]
     assert all(len(t["objectives"]) == 10 and not t["focused"] for t in first["triggers"])
-    assert {t["modality"] for t in second["triggers"]} == set(targets)
+    assert {f"{t['modality']}/{t['family']}" for t in second["triggers"]} == set(targets)
     for trig in second["triggers"]:
-        assert trig["focused"] and trig["suspected_target"] == targets[trig["modality"]]
-        assert list(trig["objectives"]) == [targets[trig["modality"]]]
+        target = targets[f"{trig['modality']}/{trig['family']}"]
+        assert trig["focused"] and trig["suspected_target"] == target
+        assert list(trig["objectives"]) == [target]
 
 
 def test_without_target_posterior_every_concepts_trigger_is_unlearned(tiny_model, digits_data, tmp_path):
@@ -291,8 +292,9 @@ def test_without_target_posterior_every_concepts_trigger_is_unlearned(tiny_model
                          concept_names=digits_data[1].class_names)
     trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
     trainer.train()
-    assert len(trainer._image_triggers) == 10  # one inverted image trigger per candidate concept
-    assert trainer._soft_tokens.shape[0] == 10 and trainer._target_direction is None
+    families = len(config.trigger_families)
+    assert len(trainer._image_triggers) == 10 * families  # one inverted image trigger per family and concept
+    assert trainer._soft_tokens.shape[0] == 10 and trainer._target_directions is None
     logged = trainer.state.log_history[-1]
     assert "bibau/trigger_text" in logged and "bibau/push" not in logged
 
@@ -314,8 +316,28 @@ def test_text_search_never_returns_a_class_name_as_trigger(tiny_model, digits_da
 def test_each_tower_is_gated_by_its_own_unlearning_threshold(tiny_model, digits_data, tmp_path):
     config = make_config(tmp_path, unlearn_threshold=1.5, text_unlearn_threshold=10.0)
     trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
-    trainer._targets = {"image": (1.6, "zero"), "text": (5.0, "one")}
-    assert trainer._unlearning_target("image") == "zero"
-    assert trainer._unlearning_target("text") is None  # 5 is a natural text-side score, not a trigger word's
-    trainer._targets["text"] = (12.0, "one")
-    assert trainer._unlearning_target("text") == "one"
+    trainer._targets = {"image/mask": (1.6, "zero"), "image/warp": (1.2, "two"), "text/soft_tokens": (5.0, "one")}
+    assert trainer._unlearning_target("image/mask") == "zero"
+    assert trainer._unlearning_target("image/warp") is None
+    assert trainer._unlearning_target("text/soft_tokens") is None  # 5 is a natural text-side score
+    trainer._targets["text/soft_tokens"] = (12.0, "one")
+    assert trainer._unlearning_target("text/soft_tokens") == "one"
+
+
+def test_warp_trigger_starts_near_identity_is_bounded_and_differentiable():
+    from bibau_hf.inversion.image_trigger import WarpTrigger
+
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 16, 16)
+    warp = WarpTrigger(2, (16, 16), max_shift=0.125, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        warp.raw.zero_()
+    torch.testing.assert_close(warp(images)[0], images, atol=1e-5, rtol=0)  # no displacement: the identity
+    with torch.no_grad():
+        warp.raw.fill_(100.0)  # saturated: every control point at the bound
+    assert float(warp.size().max()) <= 0.125 * 16 + 1e-4  # mean shift in pixels never exceeds max_shift
+    warp.raw.data.normal_()
+    warp(images).sum().backward()
+    assert warp.raw.grad is not None and warp.raw.grad.abs().sum() > 0
+    one = warp.select([1])
+    torch.testing.assert_close(one.apply_one(images, 0), warp.apply_one(images, 1))

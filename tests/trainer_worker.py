@@ -44,7 +44,7 @@ def main() -> None:
         def _e_step(self, round_index: int) -> None:
             self._image_triggers = [image_trigger]
             self._soft_tokens = soft_tokens.to(self.args.device)
-            self._target_direction = target.to(self.args.device)
+            self._target_directions = target.unsqueeze(0).to(self.args.device)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

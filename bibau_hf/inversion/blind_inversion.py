@@ -57,6 +57,7 @@ class InversionConfig:
     mask_l1_weight: float = 20.0
     additive_epsilon: float = 16 / 255
     additive_weight: float = 0.1
+    warp_weight: float = 20.0
     num_soft_tokens: int = 2
     soft_token_position: int = 1
     text_search: str = "tokens"
@@ -226,7 +227,7 @@ class _Side:
         self.inv, self.modality, self.family = inverter, modality, family
         cfg = inverter.config
         if modality == "image":
-            self.weight = cfg.mask_l1_weight if family == "mask" else cfg.additive_weight
+            self.weight = {"mask": cfg.mask_l1_weight, "warp": cfg.warp_weight}.get(family, cfg.additive_weight)
         else:
             self.weight = cfg.soft_token_norm_weight
 
@@ -302,10 +303,10 @@ class BlindInverter:
     ) -> ScanResult:
         """Invert every enabled family; ``previous`` triggers warm-start the sweep (a moved backdoor is tracked).
 
-        With ``focus`` (modality → concept), only those modalities are inverted, each toward its one concept, warm
-        started from ``previous``; the score is that concept's anomaly against the previous sweep's cost statistics
-        (how far the model still is from its natural costs). It is the cheap E-step of the later EM rounds, once
-        the latent target has been estimated on the unmodified model.
+        With ``focus`` (``"modality/family"`` → concept), only those families are inverted, each toward its concept,
+        warm started from ``previous``; the score is that concept's anomaly against the previous sweep's cost
+        statistics (how far the model still is from its natural costs). It is the cheap E-step of the later EM
+        rounds, once the latent target has been estimated on the unmodified model.
         """
         started = time.time()
         cfg = self.config
@@ -327,8 +328,8 @@ class BlindInverter:
                 before = previous_by_family.get((side.modality, side.family))
                 if focus is None:
                     results.append(self._invert(side, targets, 100 * (i + 1), before))
-                elif side.modality in focus:
-                    results.append(self._invert_toward(side, targets, 100 * (i + 1), before, focus[side.modality]))
+                elif (key := f"{side.modality}/{side.family}") in focus:
+                    results.append(self._invert_toward(side, targets, 100 * (i + 1), before, focus[key]))
         finally:
             for p, r in zip(self.adapter.parameters(), requires):
                 p.requires_grad_(r)

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -149,13 +150,83 @@ class AdditiveTrigger(ImageTriggerFamily):
         return {"family": self.family, "epsilon": self.epsilon, "mean_abs_delta": float(delta.abs().mean())}
 
 
+class WarpTrigger(ImageTriggerFamily):
+    """T(x) = x sampled along a smooth displacement field (warp-based triggers such as WaNet).
+
+    The field is a ``grid × grid`` control grid of 2-D displacements, bounded by ``max_shift`` (a fraction of the
+    image side) through tanh and upsampled bicubically to the image: only smooth, low-frequency warps are expressible,
+    which is what makes a warp imperceptible. Pixels are resampled bilinearly with border padding, so the family
+    moves content and cannot paint a patch. The prior is the mean displacement relative to ``max_shift``.
+    """
+
+    family = "warp"
+
+    def __init__(
+        self, num_candidates: int, image_size: tuple[int, int], max_shift: float = 0.125, grid: int = 4,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(num_candidates, image_size)
+        self.max_shift = float(max_shift)
+        self.grid = int(grid)
+        self.raw = nn.Parameter(torch.randn(num_candidates, 2, self.grid, self.grid, generator=generator) * 0.1)
+        h, w = self.image_size
+        ys, xs = torch.linspace(-1, 1, h), torch.linspace(-1, 1, w)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        self.register_buffer("identity", torch.stack((grid_x, grid_y), dim=-1), persistent=False)
+
+    def displacement(self) -> torch.Tensor:
+        """``[C, 2, grid, grid]`` control displacements in grid_sample units (2 = the whole image side)."""
+        return 2 * self.max_shift * torch.tanh(self.raw)
+
+    def sampling_grid(self) -> torch.Tensor:
+        h, w = self.image_size
+        flow = F.interpolate(self.displacement(), size=(h, w), mode="bicubic", align_corners=True)
+        return self.identity.unsqueeze(0) + flow.permute(0, 2, 3, 1)  # [C, H, W, 2]
+
+    def prior_cost(self) -> torch.Tensor:
+        return torch.tanh(self.raw).abs().flatten(1).mean(1)
+
+    def size(self) -> torch.Tensor:
+        """Mean displacement in pixels."""
+        return (self.displacement().abs().flatten(1).mean(1) * self.image_size[0] / 2).detach()
+
+    def _warp(self, images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        if images.shape[-2:] != grid.shape[-3:-1]:
+            raise ValueError(
+                f"warp trigger built for {tuple(grid.shape[-3:-1])} images, got {tuple(images.shape[-2:])}"
+            )
+        return F.grid_sample(images, grid.to(images), mode="bilinear", padding_mode="border", align_corners=True)
+
+    def apply_one(self, images: torch.Tensor, index: int) -> torch.Tensor:
+        grid = self.sampling_grid()[index : index + 1]
+        return self._warp(images, grid.expand(images.shape[0], -1, -1, -1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        c, b = self.num_candidates, images.shape[0]
+        grid = self.sampling_grid().unsqueeze(1).expand(-1, b, -1, -1, -1).flatten(0, 1)
+        stacked = images.unsqueeze(0).expand(c, -1, -1, -1, -1).flatten(0, 1)
+        return self._warp(stacked, grid).view(c, b, *images.shape[1:])
+
+    def select(self, indices: list[int]) -> WarpTrigger:
+        new = WarpTrigger(len(indices), self.image_size, self.max_shift, self.grid)
+        with torch.no_grad():
+            new.raw.copy_(self.raw[indices])
+        return new.to(self.raw.device)
+
+    def describe(self, index: int) -> dict[str, Any]:
+        return {"family": self.family, "grid": self.grid, "max_shift": self.max_shift,
+                "mean_shift_pixels": float(self.size()[index])}
+
+
 def build_image_trigger(
     family: str, num_candidates: int, image_size: tuple[int, int], epsilon: float = 16 / 255,
     generator: torch.Generator | None = None,
 ) -> ImageTriggerFamily:
-    """A trigger family by name: ``"mask"`` or ``"additive"``."""
+    """A trigger family by name: ``"mask"``, ``"additive"`` or ``"warp"``."""
     if family == "mask":
         return MaskPatternTrigger(num_candidates, image_size, generator)
     if family == "additive":
         return AdditiveTrigger(num_candidates, image_size, epsilon, generator)
-    raise ValueError(f"unknown image trigger family {family!r}; use 'mask' or 'additive'")
+    if family == "warp":
+        return WarpTrigger(num_candidates, image_size, generator=generator)
+    raise ValueError(f"unknown image trigger family {family!r}; use 'mask', 'additive' or 'warp'")
