@@ -101,8 +101,8 @@ def test_scan_prints_a_verdict_and_writes_json(_tiny_models, tmp_path, capsys):
     assert result["suspected_target"] in digits and result["num_candidates"] == 10
     top = list(result["posterior_top"].values())
     assert len(top) == 5 and top == sorted(top, reverse=True)
-    assert [f["family"] for f in result["families"]] == ["image/mask", "text/soft_tokens"]
-    assert result["strongest_family"] in {"image/mask", "text/soft_tokens"}
+    assert [f["family"] for f in result["families"]] == ["image/mask", "image/warp", "text/soft_tokens"]
+    assert result["strongest_family"] in {"image/mask", "image/warp", "text/soft_tokens"}
 
     code, out, _ = run(["scan", model, *FAST_SCAN, "--invert_towers", "image", "--threshold", "1000", "--top_k", "3"],
                        capsys)

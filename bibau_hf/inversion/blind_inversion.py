@@ -51,7 +51,7 @@ class InversionConfig:
     learning_rate: float = 0.2
     batch_size: int = 16
     restarts: int = 2
-    image_families: tuple[str, ...] = ("mask",)
+    image_families: tuple[str, ...] = ("mask", "warp")
     invert_image: bool = True
     invert_text: bool = True
     mask_l1_weight: float = 20.0

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..inversion.blind_inversion import InvertedTrigger, ScanResult
-from ..inversion.image_trigger import AdditiveTrigger, MaskPatternTrigger
+from ..inversion.image_trigger import AdditiveTrigger, MaskPatternTrigger, WarpTrigger
 from ..inversion.text_trigger import SoftTokenTrigger, decode_token_ids
 from ..models.base import ContrastiveAdapter
 
@@ -50,6 +50,13 @@ def _trigger_tensors(
         if isinstance(trigger, MaskPatternTrigger):
             tensors["mask"] = trigger.mask()[0, 0]
             tensors["pattern"] = trigger.pattern()[0]
+        elif isinstance(trigger, WarpTrigger):
+            # The dense displacement field [2, H, W] in pixels (x, y), and its control grid.
+            flow = trigger.sampling_grid()[0] - trigger.identity
+            scale = torch.tensor([trigger.image_size[1] - 1, trigger.image_size[0] - 1], dtype=flow.dtype) / 2
+            tensors["displacement_pixels"] = (flow * scale.to(flow.device)).permute(2, 0, 1)
+            tensors["control_grid"] = trigger.displacement()[0]
+            info["max_shift"] = trigger.max_shift
         elif isinstance(trigger, AdditiveTrigger):
             tensors["delta"] = trigger.delta()[0]
             info["epsilon"] = trigger.epsilon

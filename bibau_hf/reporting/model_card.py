@@ -148,6 +148,8 @@ def _trigger_size(entry: dict[str, Any]) -> str:
     found = next((t for t in entry.get("triggers", []) if f"{t.get('modality')}/{t.get('family')}" == family), {})
     if "mask_pixels" in found:
         return f"mask {found['mask_pixels']:.1f} px"
+    if "mean_shift_pixels" in found:
+        return f"warp {found['mean_shift_pixels']:.2f} px"
     if "mean_abs_delta" in found:
         return f"mean \\|δ\\| {found['mean_abs_delta']:.4f}"
     if "relative_norm" in found:
@@ -179,6 +181,8 @@ def _searched(report: dict[str, Any]) -> str:
     parts = []
     if ("image", "mask") in families:
         parts.append("a small patch stamped onto images (mask and pattern)")
+    if ("image", "warp") in families:
+        parts.append("a slight, smooth warp of the image geometry")
     if ("image", "additive") in families:
         parts.append("a faint pattern added over whole images")
     if any(modality == "text" for modality, _ in families):

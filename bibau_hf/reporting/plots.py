@@ -67,6 +67,10 @@ def _image_panels(
         panels.append((pattern, "pattern", {}))
         # The pattern only matters where the mask is on: this is what the trigger stamps onto an image.
         panels.append((mask.unsqueeze(0) * pattern, "mask × pattern", {}))
+    elif family == "warp":
+        shift = tensors[f"{prefix}/displacement_pixels"].norm(dim=0)
+        peak = max(float(shift.max()), 1e-8)
+        panels.append((shift / peak, f"displacement (max {peak:.2f} px)", {"cmap": "magma", "vmin": 0, "vmax": 1}))
     elif family == "additive":
         delta = tensors[f"{prefix}/delta"]
         scale = max(epsilon, float(delta.abs().max()), 1e-8)
