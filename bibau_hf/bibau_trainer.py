@@ -54,7 +54,7 @@ from .hub import (
 )
 from .inversion import BlindInverter, InvertedTrigger, ScanResult
 from .inversion.blind_inversion import concept_embeddings
-from .inversion.distributed import all_gather_with_grad, is_distributed, mean_over_ranks
+from .inversion.distributed import all_gather_with_grad, broadcast_from_main, is_distributed, mean_over_ranks
 from .models.base import ContrastiveAdapter
 from .reference_outputs import ReferenceOutputCache
 from .reporting import save_trigger_artifacts, write_model_card, write_plots
@@ -363,6 +363,17 @@ class BIBAUTrainer(Trainer):
         if target is not None:
             chosen = text[0].trigger_for(target) or text[0].trigger
             self._soft_tokens = chosen.tokens[0].detach().clone()
+        if is_distributed():
+            # Every rank must unlearn the same triggers: process 0's, moved through the CPU.
+            device = self.args.device
+            shared = broadcast_from_main((
+                [t.cpu() for t in self._image_triggers],
+                None if self._soft_tokens is None else self._soft_tokens.cpu(),
+                None if self._target_directions is None else self._target_directions.cpu(),
+            ))
+            self._image_triggers = [t.to(device) for t in shared[0]]
+            self._soft_tokens = None if shared[1] is None else shared[1].to(device)
+            self._target_directions = None if shared[2] is None else shared[2].to(device)
 
     def _unlearn_every_concept(self, result: ScanResult) -> None:
         """The no-posterior ablation: unlearn the sweep's trigger toward *every* candidate concept alike (a uniform
@@ -377,6 +388,7 @@ class BIBAUTrainer(Trainer):
         """Per trigger family, the MAP latent target of the suspect model's scan and its anomaly score."""
         for trig in result.triggers:
             self._targets[_family_key(trig)] = (trig.score, trig.suspected_target)
+        self._targets = broadcast_from_main(self._targets)
 
     def _unlearning_target(self, key: str) -> str | None:
         """The family's (``"modality/family"``) round-0 target, if its anomaly reached its tower's unlearning

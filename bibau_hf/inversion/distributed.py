@@ -43,3 +43,16 @@ def mean_over_ranks(value: float, device: torch.device | str = "cpu") -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item() / dist.get_world_size())
+
+
+def broadcast_from_main(obj):
+    """Process 0's ``obj`` on every rank.
+
+    Ranks invert on different batches, so their scores, and the decisions taken from them (which families to unlearn,
+    toward what), can differ; ranks that decide differently run different collectives and hang. Process 0 decides.
+    """
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
