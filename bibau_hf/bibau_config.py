@@ -10,9 +10,8 @@ import torch
 from transformers import TrainingArguments
 
 from .errors import BIBAUError
-from .inversion import InversionConfig
+from .inversion import IMAGE_FAMILIES, InversionConfig
 
-IMAGE_FAMILIES = ("mask", "additive", "warp")
 TOWERS = ("both", "image", "text")
 PRIORS = ("distill", "l2", "none")
 

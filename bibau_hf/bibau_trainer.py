@@ -293,6 +293,7 @@ class BIBAUTrainer(Trainer):
             self._unlearn_toward_targets(result)
         else:
             self._unlearn_every_concept(result)
+        self._share_unlearning_state()
         tracked = self._tracked_score(result)
         entry = {"round": round_index, "step": self.state.global_step, **result.to_dict(),
                  "tracked_targets": {key: t for key, (_, t) in self._targets.items()},
@@ -363,17 +364,6 @@ class BIBAUTrainer(Trainer):
         if target is not None:
             chosen = text[0].trigger_for(target) or text[0].trigger
             self._soft_tokens = chosen.tokens[0].detach().clone()
-        if is_distributed():
-            # Every rank must unlearn the same triggers: process 0's, moved through the CPU.
-            device = self.args.device
-            shared = broadcast_from_main((
-                [t.cpu() for t in self._image_triggers],
-                None if self._soft_tokens is None else self._soft_tokens.cpu(),
-                None if self._target_directions is None else self._target_directions.cpu(),
-            ))
-            self._image_triggers = [t.to(device) for t in shared[0]]
-            self._soft_tokens = None if shared[1] is None else shared[1].to(device)
-            self._target_directions = None if shared[2] is None else shared[2].to(device)
 
     def _unlearn_every_concept(self, result: ScanResult) -> None:
         """The no-posterior ablation: unlearn the sweep's trigger toward *every* candidate concept alike (a uniform
@@ -383,6 +373,21 @@ class BIBAUTrainer(Trainer):
         text = result.text_triggers()
         self._soft_tokens = text[0].sweep.tokens.detach().clone() if text else None  # one set per concept
         self._target_directions = None
+
+    def _share_unlearning_state(self) -> None:
+        """Every rank unlearns process 0's triggers (ranks invert on different batches and from different starts,
+        so theirs differ); they travel through the CPU."""
+        if not is_distributed():
+            return
+        device = self.args.device
+        triggers, soft, directions = broadcast_from_main((
+            [t.cpu() for t in self._image_triggers],
+            None if self._soft_tokens is None else self._soft_tokens.cpu(),
+            None if self._target_directions is None else self._target_directions.cpu(),
+        ))
+        self._image_triggers = [t.to(device) for t in triggers]
+        self._soft_tokens = None if soft is None else soft.to(device)
+        self._target_directions = None if directions is None else directions.to(device)
 
     def _set_targets(self, result: ScanResult) -> None:
         """Per trigger family, the MAP latent target of the suspect model's scan and its anomaly score."""

@@ -72,7 +72,7 @@ _RECIPES: dict[str, Callable[[Sequence[str]], Any]] = {"clean": clean_command, "
 
 # ------------------------------------------------------------------------------------------------ scan
 def _add_scan_parser(commands: argparse._SubParsersAction) -> None:
-    from .inversion import InversionConfig
+    from .inversion import IMAGE_FAMILIES, InversionConfig
 
     defaults = InversionConfig()
     parser = commands.add_parser(
@@ -100,7 +100,7 @@ def _add_scan_parser(commands: argparse._SubParsersAction) -> None:
     inversion = parser.add_argument_group("inversion")
     inversion.add_argument("--invert_towers", choices=("both", "image", "text"), default="both",
                            help="which encoders to invert triggers on")
-    inversion.add_argument("--trigger_families", nargs="+", choices=("mask", "warp", "additive"),
+    inversion.add_argument("--trigger_families", nargs="+", choices=IMAGE_FAMILIES,
                            default=list(defaults.image_families), help="image trigger families to invert")
     inversion.add_argument("--inversion_steps", type=int, default=defaults.steps,
                            help="steps of each untargeted inversion")

@@ -1,10 +1,18 @@
 """The E-step: blind inversion of image/text triggers, target posterior, backdoor score, and ``scan``."""
 
 from .blind_inversion import BlindInverter, InversionConfig, InvertedTrigger, ScanResult, scan
-from .image_trigger import AdditiveTrigger, ImageTriggerFamily, MaskPatternTrigger, build_image_trigger
+from .image_trigger import (
+    IMAGE_FAMILIES,
+    AdditiveTrigger,
+    ImageTriggerFamily,
+    MaskPatternTrigger,
+    WarpTrigger,
+    build_image_trigger,
+)
 from .text_trigger import SoftTokenTrigger
 
 __all__ = [
+    "IMAGE_FAMILIES",
     "AdditiveTrigger",
     "BlindInverter",
     "ImageTriggerFamily",
@@ -13,6 +21,7 @@ __all__ = [
     "MaskPatternTrigger",
     "ScanResult",
     "SoftTokenTrigger",
+    "WarpTrigger",
     "build_image_trigger",
     "scan",
 ]

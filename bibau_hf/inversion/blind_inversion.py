@@ -477,10 +477,11 @@ class BlindInverter:
         # named concepts (class names) every concept's name is excluded for every concept: the task's own words
         # move captions between its classes by meaning (a clean digits model sent captions with "two" inserted to
         # "three", an anomaly of 6.3), while a trigger word is one outside that vocabulary.
-        names = [self.candidates[k] for k in subset]
-        shared = adapter.tokenize(self.candidates).flatten().unique() if self.templates is not None else None
-        for row, name in enumerate(names):
-            scores[row, adapter.tokenize([name])[0] if shared is None else shared] = float("-inf")
+        if self.templates is not None:
+            scores[:, adapter.tokenize(self.candidates).flatten().unique()] = float("-inf")
+        else:
+            for row, k in enumerate(subset):
+                scores[row, adapter.tokenize([self.candidates[k]])[0]] = float("-inf")
         candidates = scores.topk(min(cfg.token_candidates, weight.shape[0] - len(banned)), dim=1).indices
         _, ids = sampler()
         ids = ids.to(adapter.device)

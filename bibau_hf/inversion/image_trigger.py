@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+IMAGE_FAMILIES = ("mask", "additive", "warp")
+"""Image trigger families :func:`build_image_trigger` knows."""
+
 
 class ImageTriggerFamily(nn.Module):
     """Base class: ``forward(images [B,3,H,W]) -> [C, B, 3, H, W]`` for C candidate triggers."""
@@ -229,4 +232,4 @@ def build_image_trigger(
         return AdditiveTrigger(num_candidates, image_size, epsilon, generator)
     if family == "warp":
         return WarpTrigger(num_candidates, image_size, generator=generator)
-    raise ValueError(f"unknown image trigger family {family!r}; use 'mask', 'additive' or 'warp'")
+    raise ValueError(f"unknown image trigger family {family!r}; use one of {IMAGE_FAMILIES}")
