@@ -111,7 +111,13 @@ class BIBAUConfig(TrainingArguments):
         default=20.0,
         metadata={"help": "Weight of the warp trigger's prior (mean displacement relative to its 1/8-image bound)."},
     )
-    num_soft_tokens: int = field(default=2, metadata={"help": "Soft tokens of the inverted text trigger."})
+    num_soft_tokens: int = field(
+        default=2,
+        metadata={
+            "help": "Soft tokens of a continuous text inversion; with the token search, the most words of the "
+            "unlearned trigger phrase."
+        },
+    )
     soft_token_position: int = field(
         default=1, metadata={"help": "Where the soft tokens go in the token sequence (1 = right after BOS)."}
     )
@@ -136,8 +142,24 @@ class BIBAUConfig(TrainingArguments):
     trigger_text_weight: float = field(
         default=1.0, metadata={"help": "α_t: triggered captions must still match their own images."}
     )
+    text_trigger_as_word: bool = field(
+        default=True,
+        metadata={
+            "help": "When the text trigger is a vocabulary token (the token search's result), the M-step inserts it "
+            "through the token-embedding layer, so the unlearning also reaches that word's embedding. False: a "
+            "fixed copy of its vector (the word's own embedding is then never unlearned)."
+        },
+    )
     trigger_shift: bool = field(
         default=True, metadata={"help": "Also apply the inverted image trigger at random offsets in the M-step."}
+    )
+    batch_per_trigger: bool = field(
+        default=False,
+        metadata={
+            "help": "Every unlearned image trigger acts on a whole copy of the batch (one more image forward per "
+            "trigger, a fifth more M-step time with two families). False: the triggers take turns over one copy's "
+            "rows. No measurable completeness gain on the digits lab (METHOD_NOTES §12)."
+        },
     )
     invariance_weight: float = field(
         default=1.0,

@@ -55,6 +55,7 @@ from .hub import (
 from .inversion import BlindInverter, InvertedTrigger, ScanResult
 from .inversion.blind_inversion import concept_embeddings
 from .inversion.distributed import all_gather_with_grad, broadcast_from_main, is_distributed, mean_over_ranks
+from .inversion.text_trigger import decode_token_ids
 from .models.base import ContrastiveAdapter
 from .reference_outputs import ReferenceOutputCache
 from .reporting import save_trigger_artifacts, write_model_card, write_plots
@@ -221,6 +222,7 @@ class BIBAUTrainer(Trainer):
         self._targets: dict[str, tuple[float, str]] = {}  # "modality/family" -> (round-0 score, its target)
         self._image_triggers: list = []
         self._soft_tokens: torch.Tensor | None = None
+        self._trigger_word_ids: torch.Tensor | None = None  # the soft tokens' vocabulary ids, when they are words
         self._target_directions: torch.Tensor | None = None
         self._metrics: dict[str, list[float]] = defaultdict(list)
         # Purification (E- and M-steps) is timed apart from what only the report needs (per-round evaluation,
@@ -294,10 +296,13 @@ class BIBAUTrainer(Trainer):
         else:
             self._unlearn_every_concept(result)
         self._share_unlearning_state()
+        self._trigger_word_ids = self._vocabulary_ids(self._soft_tokens) if self.args.text_trigger_as_word else None
         tracked = self._tracked_score(result)
         entry = {"round": round_index, "step": self.state.global_step, **result.to_dict(),
                  "tracked_targets": {key: t for key, (_, t) in self._targets.items()},
                  "tracked_score": round(tracked, 3)}
+        if self._trigger_word_ids is not None:
+            entry["unlearned_trigger_words"] = decode_token_ids(self.adapter, [self._trigger_word_ids.tolist()])[0]
         started = time.time()
         if self.evaluator is not None:
             entry["metrics"] = self.evaluator(self.adapter)
@@ -364,6 +369,9 @@ class BIBAUTrainer(Trainer):
         if target is not None:
             chosen = text[0].trigger_for(target) or text[0].trigger
             self._soft_tokens = chosen.tokens[0].detach().clone()
+            if self.args.text_trigger_as_word and self._vocabulary_ids(self._soft_tokens) is not None:
+                self._soft_tokens = self.inverter.extend_trigger_words(
+                    self._soft_tokens, target, self.args.num_soft_tokens)
 
     def _unlearn_every_concept(self, result: ScanResult) -> None:
         """The no-posterior ablation: unlearn the sweep's trigger toward *every* candidate concept alike (a uniform
@@ -389,6 +397,17 @@ class BIBAUTrainer(Trainer):
         self._soft_tokens = None if soft is None else soft.to(device)
         self._target_directions = None if directions is None else directions.to(device)
 
+    def _vocabulary_ids(self, tokens: torch.Tensor | None) -> torch.Tensor | None:
+        """The token ids whose current embeddings the soft tokens ``[k, width]`` are, or None if any is not one
+        (a continuous inversion's vectors, or one set per concept)."""
+        if tokens is None or tokens.dim() != 2:
+            return None
+        weight = self.adapter.token_embedding.weight.detach()
+        distances = torch.cdist(tokens.to(weight.dtype), weight, compute_mode="donot_use_mm_for_euclid_dist")
+        best = distances.min(-1)
+        exact = best.values <= 1e-6 * weight.norm(dim=-1).median()
+        return best.indices if bool(exact.all()) else None
+
     def _set_targets(self, result: ScanResult) -> None:
         """Per trigger family, the MAP latent target of the suspect model's scan and its anomaly score."""
         for trig in result.triggers:
@@ -410,8 +429,12 @@ class BIBAUTrainer(Trainer):
         return max(scores, default=0.0)
 
     def _trigger_owner(self, batch: int) -> torch.Tensor:
-        """Which inverted image trigger each row of the batch carries (they take turns across steps)."""
-        return (torch.arange(batch) + self.state.global_step) % len(self._image_triggers)
+        """Which inverted image trigger each triggered row carries: with ``batch_per_trigger`` each trigger has a
+        whole copy of the batch, else the triggers take turns over the batch's rows (rotating across steps)."""
+        count = len(self._image_triggers)
+        if self.args.batch_per_trigger:
+            return torch.arange(count).repeat_interleave(batch)
+        return (torch.arange(batch) + self.state.global_step) % count
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         round_index = self.state.global_step // self._rounds_length()
@@ -423,7 +446,8 @@ class BIBAUTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------------------- M-step
     def _triggered_images(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
-        """Each inverted image trigger acts on its own share of the batch (one extra image forward in all).
+        """The triggered images: a copy of the batch per inverted trigger (``batch_per_trigger``), or one copy whose
+        rows the triggers share.
 
         With ``trigger_shift`` the trigger is also moved, for three rows in four, by a random whole number of the
         vision tower's patches: a ViT applies the same patch embedding everywhere, so a patch backdoor fires in other
@@ -437,11 +461,11 @@ class BIBAUTrainer(Trainer):
         step = max(1, round(self.adapter.patch_size * h / self.adapter.image_size))
         generator = torch.Generator().manual_seed(self.args.seed + self.state.global_step)
         owner = self._trigger_owner(batch)
-        out = pixel_values.clone()
+        out = pixel_values.repeat(len(owner) // batch, 1, 1, 1)
         with torch.no_grad():
             for k, trigger in enumerate(self._image_triggers):
                 for j, row in enumerate((owner == k).nonzero().flatten().tolist()):
-                    x = pixel_values[row : row + 1]
+                    x = pixel_values[row % batch : row % batch + 1]
                     if self.args.trigger_shift and j % 4 != 0:
                         cells = torch.randint(0, max(h, w) // step, (2,), generator=generator)
                         dy, dx = (int(v) * step for v in cells)
@@ -456,6 +480,9 @@ class BIBAUTrainer(Trainer):
         pixel_values, input_ids = inputs["pixel_values"], inputs["input_ids"]
         triggered = self._triggered_images(pixel_values)
         soft = self._soft_tokens if args.trigger_text_weight > 0 else None
+        if soft is not None and self._trigger_word_ids is not None:
+            # The trigger word itself, so that the gradient reaches its embedding row.
+            soft = self.adapter.token_embedding.weight[self._trigger_word_ids.to(self.args.device)]
         if soft is not None and soft.dim() == 3:  # one soft-token set per concept: each owns a share of the rows
             rows = (torch.arange(pixel_values.shape[0]) + self.state.global_step) % soft.shape[0]
             soft = soft[rows.to(soft.device)]
@@ -471,10 +498,12 @@ class BIBAUTrainer(Trainer):
         }
         if triggered is not None:
             trig = out["triggered_image_embeds"]
-            terms["trigger_image"] = (args.trigger_image_weight, distributed_clip_loss(trig, texts, scale))
+            copies = trig.shape[0] // texts.shape[0]  # one per trigger with batch_per_trigger, else one
+            terms["trigger_image"] = (args.trigger_image_weight, sum(
+                distributed_clip_loss(chunk, texts, scale) for chunk in trig.chunk(copies)) / copies)
             if self._target_directions is not None:
-                directions = self._target_directions[self._trigger_owner(trig.shape[0]).to(trig.device)]
-                gap = (trig * directions).sum(-1) - (trig * texts.detach()).sum(-1)
+                directions = self._target_directions[self._trigger_owner(texts.shape[0]).to(trig.device)]
+                gap = (trig * directions).sum(-1) - (trig * texts.detach().repeat(copies, 1)).sum(-1)
                 terms["push"] = (args.push_weight, torch.relu(gap).mean())
         if soft is not None:
             terms["trigger_text"] = (args.trigger_text_weight,
@@ -488,8 +517,9 @@ class BIBAUTrainer(Trainer):
             states = out["image_class_states"]
             batch = pixel_values.shape[0]
             clean_states = ref["image_class_states"] if ref is not None else states[:, :batch].detach()
+            copies = states.shape[1] // batch - 1
             terms["invariance"] = (args.invariance_weight,
-                                   ((states[:, batch:] - clean_states) ** 2).mean((1, 2)).sum())
+                                   ((states[:, batch:] - clean_states.repeat(1, copies, 1)) ** 2).mean((1, 2)).sum())
         loss = sum(weight * value for weight, value in terms.values())
         for name, (_, value) in terms.items():
             self._metrics[name].append(float(value.detach()))

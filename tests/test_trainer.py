@@ -341,3 +341,74 @@ def test_warp_trigger_starts_near_identity_is_bounded_and_differentiable():
     assert warp.raw.grad is not None and warp.raw.grad.abs().sum() > 0
     one = warp.select([1])
     torch.testing.assert_close(one.apply_one(images, 0), warp.apply_one(images, 1))
+
+
+def test_each_image_trigger_acts_on_a_whole_copy_of_the_batch(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 16)
+    trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, trigger_shift=False, batch_per_trigger=True), data)
+    batch = trainer.data_collator([data[i] for i in range(16)])
+    pixels = batch["pixel_values"]
+    trainer._image_triggers = [_PixelTrigger(lambda x: x), _PixelTrigger(_white_corner)]
+    triggered = trainer._triggered_images(pixels)
+    assert triggered.shape[0] == 2 * pixels.shape[0]
+    torch.testing.assert_close(triggered[:16], pixels)
+    torch.testing.assert_close(triggered[16:], _white_corner(pixels))
+    trainer._metrics.clear()
+    trainer.compute_loss(tiny_model, batch)
+    assert {"trigger_image", "invariance"} <= set(trainer._metrics)
+
+
+def test_image_triggers_take_turns_over_the_rows_of_one_copy(tiny_model, digits_data, tmp_path):
+    trainer = BIBAUTrainer(tiny_model, make_config(tmp_path), small_clean_set(digits_data, 32))
+    trainer._image_triggers = [_PixelTrigger(lambda x: x), _PixelTrigger(_white_corner)]
+    assert torch.bincount(trainer._trigger_owner(32)).tolist() == [16, 16]
+
+
+def test_trigger_word_is_unlearned_through_its_embedding_row(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 16)
+    trainer = BIBAUTrainer(tiny_model, make_config(tmp_path), data)
+    weight = tiny_model.token_embedding.weight
+    batch = trainer.data_collator([data[i] for i in range(16)])
+    word = next(i for i in range(100, weight.shape[0]) if not (batch["input_ids"] == i).any())
+    assert trainer._vocabulary_ids(weight[word : word + 1].detach() + 1e-3) is None  # not a vocabulary row
+    trainer._soft_tokens = weight[word : word + 1].detach().clone()
+    trainer._trigger_word_ids = trainer._vocabulary_ids(trainer._soft_tokens)
+    assert trainer._trigger_word_ids.tolist() == [word]
+    tiny_model.zero_grad()
+    trainer.compute_loss(tiny_model, batch).backward()
+    # The clean captions never contain the word: only the trigger term's gradient can reach its row.
+    assert weight.grad[word].abs().sum() > 0
+    trainer._trigger_word_ids = None  # a fixed copy of the vector leaves the word's embedding alone
+    tiny_model.zero_grad()
+    trainer.compute_loss(tiny_model, batch).backward()
+    assert weight.grad[word].abs().sum() == 0
+
+
+def test_trigger_phrase_grows_only_by_words_that_halve_the_loss(tiny_model, digits_data):
+    from bibau_hf.inversion import BlindInverter, InversionConfig
+    from bibau_hf.inversion.blind_inversion import TEXT_SWEEP_BATCH, WORD_GAIN, BatchSampler
+
+    train, test = digits_data
+    data = train.take(32, seed=0)
+    config = InversionConfig(steps=2, score_steps=5, invert_image=False, seed=0, progress=False)
+    inverter = BlindInverter(tiny_model, data.images, data.captions, config, test.class_names)
+    trigger = inverter.run().text_triggers()[0]
+    first = trigger.trigger.tokens[0].detach()
+    tiny_model.train()
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    assert torch.equal(inverter.extend_trigger_words(first, trigger.suspected_target, 1), first)
+    words = inverter.extend_trigger_words(first, trigger.suspected_target, 3)
+    assert 1 <= len(words) <= 3 and torch.equal(words[:1], first)
+    ids = inverter._nearest_ids(words)
+    torch.testing.assert_close(words, tiny_model.token_embedding.weight.detach()[ids])  # every word is a real token
+    k = inverter.candidates.index(trigger.suspected_target)
+    sampler = BatchSampler(inverter.images, inverter.token_ids, TEXT_SWEEP_BATCH, config.seed + 7919)
+    for n in range(1, len(words)):  # each appended word at least halved the loss of the shorter phrase
+        sampler()
+        _, batch = sampler()
+        prefix = words[: n - 1] if n > 1 else None
+        shorter = inverter._word_costs(batch, prefix, ids[n - 1 : n], inverter.text_targets, k)
+        longer = inverter._word_costs(batch, words[:n], ids[n : n + 1], inverter.text_targets, k)
+        assert float(longer[0]) <= WORD_GAIN * float(shorter[0]) + 1e-6
+    assert tiny_model.training and all(p.grad is None for p in tiny_model.parameters())
+    assert all(torch.equal(p, before[n]) for n, p in tiny_model.named_parameters())

@@ -21,9 +21,10 @@ posterior alone neither finds the target nor detects a backdoor; the per-concept
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ from .image_trigger import build_image_trigger
 from .text_trigger import SoftTokenTrigger
 
 TEXT_SWEEP_BATCH = 64
+# A word joins a text trigger phrase only if it cuts the remaining loss toward the target at least by this factor.
+WORD_GAIN = 0.5
 DEFAULT_CONCEPT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image of a {}.", "{}")
 
 
@@ -294,6 +297,7 @@ class BlindInverter:
             self.candidates = list(dict.fromkeys(captions))[:512]
             self.templates = None
         self.concept_emb: torch.Tensor | None = None
+        self.text_targets: torch.Tensor | None = None  # what text triggers drag captions to (image prototypes)
 
     def _sampler(self, offset: int) -> BatchSampler:
         return BatchSampler(self.images, self.token_ids, self.config.batch_size, self.config.seed + offset)
@@ -310,19 +314,15 @@ class BlindInverter:
         """
         started = time.time()
         cfg = self.config
-        was_training = self.adapter.training
-        self.adapter.eval()
-        # Freeze the model for the E-step: gradients must reach the trigger only, never accumulate in θ.
-        requires = [p.requires_grad for p in self.adapter.parameters()]
-        self.adapter.requires_grad_(False)
-        try:
+        with self._frozen_model():
             self.concept_emb = concept_embeddings(self.adapter, self.candidates, self.templates)
             image_targets = self.concept_emb
             natural = self._natural_similarity()
             previous_by_family = {(t.modality, t.family): t for t in previous or []}
             sides = [(_Side(self, "image", f), image_targets) for f in cfg.image_families if cfg.invert_image]
             if cfg.invert_text:
-                sides.append((_Side(self, "text", "soft_tokens"), self._image_prototypes()))
+                self.text_targets = self._image_prototypes()
+                sides.append((_Side(self, "text", "soft_tokens"), self.text_targets))
             results = []
             for i, (side, targets) in enumerate(sides):
                 before = previous_by_family.get((side.modality, side.family))
@@ -330,11 +330,22 @@ class BlindInverter:
                     results.append(self._invert(side, targets, 100 * (i + 1), before))
                 elif (key := f"{side.modality}/{side.family}") in focus:
                     results.append(self._invert_toward(side, targets, 100 * (i + 1), before, focus[key]))
+        return ScanResult(results, self.candidates, natural, time.time() - started)
+
+    @contextlib.contextmanager
+    def _frozen_model(self) -> Iterator[None]:
+        """Eval mode and no parameter gradients: the E-step's gradients must reach the trigger only, never
+        accumulate in θ; the model's modes are restored after."""
+        was_training = self.adapter.training
+        requires = [p.requires_grad for p in self.adapter.parameters()]
+        self.adapter.eval()
+        self.adapter.requires_grad_(False)
+        try:
+            yield
         finally:
             for p, r in zip(self.adapter.parameters(), requires):
                 p.requires_grad_(r)
             self.adapter.train(was_training)
-        return ScanResult(results, self.candidates, natural, time.time() - started)
 
     @torch.no_grad()
     def _natural_similarity(self) -> float:
@@ -455,17 +466,35 @@ class BlindInverter:
         searches real tokens: first-order scores (the gradient at a probe token, as in HotFlip) pick
         ``token_candidates`` tokens per concept, which are then evaluated exactly. J_k is the best token's loss.
         """
-        cfg, adapter = self.config, self.adapter
         # Text forwards are cheap next to the image sweep; a larger caption batch keeps a clean text tower's costs
         # from looking anomalous by chance (16 captions scored a BadNets model's clean text tower 3.2, 64 about 1).
         sampler = BatchSampler(self.images, self.token_ids, TEXT_SWEEP_BATCH, sampler.generator.initial_seed())
-        weight = adapter.token_embedding.weight.detach()
-        position = cfg.soft_token_position
-        scale = adapter.logit_scale().detach()
+        weight = self.adapter.token_embedding.weight.detach()
+        candidates = self._word_candidates(sampler()[1], None, targets, subset)
         _, ids = sampler()
+        best_tokens, objectives = [], []
+        for row, k in enumerate(subset):
+            costs = self._word_costs(ids, None, candidates[row], targets, k)
+            best = int(costs.argmin())
+            best_tokens.append(int(candidates[row, best]))
+            objectives.append(float(costs[best]))
+        sweep = SoftTokenTrigger(self.adapter, len(subset), 1, self.config.soft_token_position).to(self.adapter.device)
+        with torch.no_grad():
+            sweep.tokens.copy_(weight[best_tokens].unsqueeze(1))
+        return sweep, torch.tensor(objectives)
+
+    def _word_candidates(
+        self, ids: torch.Tensor, prefix: torch.Tensor | None, targets: torch.Tensor, subset: list[int]
+    ) -> torch.Tensor:
+        """Per concept of ``subset``, the ``token_candidates`` vocabulary tokens whose insertion after ``prefix``
+        (``[P, width]`` words already in place, or none) lowers the loss toward it most, to first order."""
+        adapter, position = self.adapter, self.config.soft_token_position
+        weight = adapter.token_embedding.weight.detach()
         ids = ids.to(adapter.device)
         probe = weight.mean(0, keepdim=True).clone().requires_grad_(True)
-        log_p = torch.log_softmax(scale * adapter.encode_text(ids, soft_tokens=probe, soft_position=position)
+        tokens = probe if prefix is None else torch.cat([prefix, probe])
+        scale = adapter.logit_scale().detach()
+        log_p = torch.log_softmax(scale * adapter.encode_text(ids, soft_tokens=tokens, soft_position=position)
                                   @ targets.t(), dim=-1)
         grads = torch.stack([
             torch.autograd.grad(-log_p[:, k].mean(), probe, retain_graph=True)[0][0] for k in subset
@@ -482,26 +511,56 @@ class BlindInverter:
         else:
             for row, k in enumerate(subset):
                 scores[row, adapter.tokenize([self.candidates[k]])[0]] = float("-inf")
-        candidates = scores.topk(min(cfg.token_candidates, weight.shape[0] - len(banned)), dim=1).indices
-        _, ids = sampler()
+        return scores.topk(min(self.config.token_candidates, weight.shape[0] - len(banned)), dim=1).indices
+
+    @torch.no_grad()
+    def _word_costs(
+        self, ids: torch.Tensor, prefix: torch.Tensor | None, tokens: torch.Tensor, targets: torch.Tensor, k: int
+    ) -> torch.Tensor:
+        """Mean cross-entropy toward concept ``k`` of the captions ``ids`` with ``prefix`` and then each of
+        ``tokens`` (vocabulary ids) inserted; one value per token."""
+        adapter = self.adapter
+        weight = adapter.token_embedding.weight.detach()
         ids = ids.to(adapter.device)
         batch = ids.shape[0]
-        best_tokens, objectives = [], []
-        with torch.no_grad():
-            for row, k in enumerate(subset):
-                tokens = candidates[row]
-                values = weight[tokens].unsqueeze(1).repeat_interleave(batch, dim=0)  # [M*B, 1, w]
-                emb = adapter.encode_text(ids.repeat(len(tokens), 1), soft_tokens=values, soft_position=position)
-                logits = scale * emb @ targets.t()
-                ce = F.cross_entropy(logits, torch.full((len(logits),), k, device=logits.device), reduction="none")
-                ce = ce.view(len(tokens), batch).mean(1)
-                best = int(ce.argmin())
-                best_tokens.append(int(tokens[best]))
-                objectives.append(float(ce[best]))
-        sweep = SoftTokenTrigger(adapter, len(subset), 1, position).to(adapter.device)
-        with torch.no_grad():
-            sweep.tokens.copy_(weight[best_tokens].unsqueeze(1))
-        return sweep, torch.tensor(objectives)
+        words = weight[tokens].unsqueeze(1)  # [M, 1, width]
+        if prefix is not None:
+            words = torch.cat([prefix.unsqueeze(0).expand(len(tokens), -1, -1), words], dim=1)
+        emb = adapter.encode_text(ids.repeat(len(tokens), 1), soft_tokens=words.repeat_interleave(batch, dim=0),
+                                  soft_position=self.config.soft_token_position)
+        logits = adapter.logit_scale() * emb @ targets.t()
+        ce = F.cross_entropy(logits, torch.full((len(logits),), k, device=logits.device), reduction="none")
+        return ce.view(len(tokens), batch).mean(1)
+
+    def extend_trigger_words(self, words: torch.Tensor, concept: str, max_words: int) -> torch.Tensor:
+        """Grow a text trigger made of vocabulary tokens (``[P, width]`` embeddings) word by word toward ``concept``.
+
+        The token search scores concepts with one word, but the tokenizer may split a trigger word into pieces ("cf"
+        is "c" + "f"), and unlearning one piece leaves the rest active. Another word is appended while it at least
+        halves the loss toward the concept (``WORD_GAIN``; any word lowers it a little), up to ``max_words``.
+        """
+        if self.text_targets is None:
+            raise RuntimeError("extend_trigger_words needs a text-side inversion first (run())")
+        with self._frozen_model():
+            k = self.candidates.index(concept)
+            sampler = BatchSampler(self.images, self.token_ids, TEXT_SWEEP_BATCH, self.config.seed + 7919)
+            weight = self.adapter.token_embedding.weight.detach()
+            words = words.to(weight.device, weight.dtype)
+            while len(words) < max_words:
+                candidates = self._word_candidates(sampler()[1], words, self.text_targets, [k])[0]
+                _, ids = sampler()
+                current = float(self._word_costs(ids, words[:-1] if len(words) > 1 else None,
+                                                 self._nearest_ids(words[-1:]), self.text_targets, k)[0])
+                costs = self._word_costs(ids, words, candidates, self.text_targets, k)
+                best = int(costs.argmin())
+                if float(costs[best]) > WORD_GAIN * current:
+                    break
+                words = torch.cat([words, weight[candidates[best]].unsqueeze(0)])
+        return words
+
+    def _nearest_ids(self, words: torch.Tensor) -> torch.Tensor:
+        weight = self.adapter.token_embedding.weight.detach()
+        return torch.cdist(words, weight, compute_mode="donot_use_mm_for_euclid_dist").argmin(-1)
 
     def _result(
         self, side: _Side, sweep, subset, objectives, collapse, collapse_posterior, statistics=None
