@@ -10,7 +10,7 @@ import torch
 from transformers import TrainingArguments
 
 from .errors import BIBAUError
-from .inversion import IMAGE_FAMILIES, InversionConfig
+from .inversion import IMAGE_FAMILIES, IMAGE_THRESHOLD, TEXT_THRESHOLD, InversionConfig
 
 TOWERS = ("both", "image", "text")
 PRIORS = ("distill", "l2", "none")
@@ -49,7 +49,7 @@ class BIBAUConfig(TrainingArguments):
         },
     )
     unlearn_threshold: float = field(
-        default=1.5,
+        default=IMAGE_THRESHOLD,
         metadata={
             "help": "Unlearn the image tower's inverted trigger only if its anomaly score reaches this level (a clean "
             "tower's triggers are natural shortcuts; unlearning one cost up to 2.2 points of accuracy). Set below "
@@ -58,7 +58,7 @@ class BIBAUConfig(TrainingArguments):
         },
     )
     text_unlearn_threshold: float = field(
-        default=10.0,
+        default=TEXT_THRESHOLD,
         metadata={
             "help": "The same gate for the text tower. Its score comes from an exact search over real tokens and is "
             "on another scale: rare-word backdoors scored 26.7-36.5, other text towers 0.8-4.2. 0 always unlearns."
@@ -152,6 +152,15 @@ class BIBAUConfig(TrainingArguments):
     )
     trigger_shift: bool = field(
         default=True, metadata={"help": "Also apply the inverted image trigger at random offsets in the M-step."}
+    )
+    warp_strength: float = field(
+        default=1.5,
+        metadata={
+            "help": "In the M-step an inverted warp is applied at a random strength between 1 and this many times its "
+            "own displacement: the inversion finds the weakest warp that fires, the attacker's may be stronger "
+            "(the warp's analogue of trigger_shift). 1 applies it as inverted. On the digits WaNet models 1.5 more than "
+            "halved the ASR left after purification (docs/METHOD_NOTES.md §12)."
+        },
     )
     batch_per_trigger: bool = field(
         default=False,
@@ -258,6 +267,8 @@ class BIBAUConfig(TrainingArguments):
                      "posterior_temperature", "soft_token_norm_weight"):
             if getattr(self, name) < 0:
                 raise BIBAUError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.warp_strength < 1:
+            raise BIBAUError(f"warp_strength must be >= 1 (a multiple of the inverted warp), got {self.warp_strength}")
         if self.per_device_train_batch_size < 2:
             raise BIBAUError("per_device_train_batch_size must be >= 2 for a contrastive loss")
         if self.use_lora and self.lora_r < 1:

@@ -52,7 +52,7 @@ from .hub import (
     default_api,
     push_output_dir,
 )
-from .inversion import BlindInverter, InvertedTrigger, ScanResult
+from .inversion import BlindInverter, InvertedTrigger, ScanResult, WarpTrigger
 from .inversion.blind_inversion import concept_embeddings
 from .inversion.distributed import all_gather_with_grad, broadcast_from_main, is_distributed, mean_over_ranks
 from .inversion.text_trigger import decode_token_ids
@@ -111,6 +111,13 @@ class _StopWhenCleanCallback(TrainerCallback):
         if self.trainer.stop_requested:
             control.should_training_stop = True
         return control
+
+
+def _roll_rows(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """``torch.roll`` of each image ``[n, C, H, W]`` by its own ``(dy, dx)`` (``shifts`` ``[n, 2]``).
+
+    A loop of rolls: on CPU it is an order of magnitude faster than one gather with per-row indices."""
+    return torch.stack([torch.roll(image, (dy, dx), (1, 2)) for image, (dy, dx) in zip(images, shifts.tolist())])
 
 
 def _family_key(trigger: InvertedTrigger) -> str:
@@ -461,18 +468,27 @@ class BIBAUTrainer(Trainer):
         step = max(1, round(self.adapter.patch_size * h / self.adapter.image_size))
         generator = torch.Generator().manual_seed(self.args.seed + self.state.global_step)
         owner = self._trigger_owner(batch)
-        out = pixel_values.repeat(len(owner) // batch, 1, 1, 1)
+        source = pixel_values[torch.arange(len(owner), device=pixel_values.device) % batch]
+        out = source.clone()
         with torch.no_grad():
             for k, trigger in enumerate(self._image_triggers):
-                for j, row in enumerate((owner == k).nonzero().flatten().tolist()):
-                    x = pixel_values[row % batch : row % batch + 1]
-                    if self.args.trigger_shift and j % 4 != 0:
-                        cells = torch.randint(0, max(h, w) // step, (2,), generator=generator)
-                        dy, dx = (int(v) * step for v in cells)
-                        moved = trigger.apply_one(torch.roll(x, (-dy, -dx), (2, 3)), 0)
-                        out[row] = torch.roll(moved, (dy, dx), (2, 3))[0]
-                    else:
-                        out[row] = trigger.apply_one(x, 0)[0]
+                rows = (owner == k).nonzero().flatten().to(pixel_values.device)
+                x = source[rows]
+                if isinstance(trigger, WarpTrigger):
+                    # A warp has no position to move; its strength varies instead, up to warp_strength times the
+                    # inverted one (which is the weakest warp that fires, and the attacker's may be stronger).
+                    strength = 1 + (self.args.warp_strength - 1) * torch.rand(len(rows), generator=generator)
+                    x = trigger.apply_one(x, 0, strength)
+                elif self.args.trigger_shift:
+                    # Every fourth row keeps the trigger where it was inverted; the others draw a cell, in row order.
+                    moved = torch.arange(len(rows)) % 4 != 0
+                    shifts = torch.zeros(len(rows), 2, dtype=torch.long)
+                    for j in moved.nonzero().flatten().tolist():
+                        shifts[j] = torch.randint(0, max(h, w) // step, (2,), generator=generator) * step
+                    x = _roll_rows(trigger.apply_one(_roll_rows(x, -shifts), 0), shifts)
+                else:
+                    x = trigger.apply_one(x, 0)
+                out[rows] = x
         return out
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -24,7 +24,6 @@ from .errors import BIBAUError, DataError
 from .hub import REPORT_FILE
 from .recipe_args import parse_recipe_args, run_main
 
-DEFAULT_THRESHOLD = 2.0
 EXAMPLES = """examples:
   bibau-hf scan path/to/suspect --json scan.json
   bibau-hf clean --model_name_or_path path/to/suspect --output_dir purified --push_to_hub --hub_model_id me/clean
@@ -72,14 +71,15 @@ _RECIPES: dict[str, Callable[[Sequence[str]], Any]] = {"clean": clean_command, "
 
 # ------------------------------------------------------------------------------------------------ scan
 def _add_scan_parser(commands: argparse._SubParsersAction) -> None:
-    from .inversion import IMAGE_FAMILIES, InversionConfig
+    from .inversion import IMAGE_FAMILIES, IMAGE_THRESHOLD, TEXT_THRESHOLD, InversionConfig
 
     defaults = InversionConfig()
     parser = commands.add_parser(
         "scan", help="detect a backdoor and its target by blind trigger inversion (the model is not changed)",
         description="Invert image and text triggers on clean data and report the backdoor score (an anomaly index "
-        "over candidate target concepts: above ~2 is suspicious), the suspected target and its posterior. The exit "
-        "status is 0 whatever the verdict.",
+        "over candidate target concepts), the suspected target and its posterior. A backdoor is suspected when a "
+        "family's score reaches its tower's threshold (the levels at which BI-BAU unlearns). The exit status is 0 "
+        "whatever the verdict.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model", help="suspect model: local folder or Hub id (transformers CLIP or open_clip)")
@@ -114,8 +114,10 @@ def _add_scan_parser(commands: argparse._SubParsersAction) -> None:
                            help="most candidate concepts in the targeted inversion")
     inversion.add_argument("--seed", type=int, default=0, help="seed of the data subset and the inversion")
     output = parser.add_argument_group("output")
-    output.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help="verdict 'backdoor suspected' when the backdoor score is at least this")
+    output.add_argument("--threshold", type=float, default=IMAGE_THRESHOLD,
+                        help="an image trigger family at or above this score means 'backdoor suspected'")
+    output.add_argument("--text_threshold", type=float, default=TEXT_THRESHOLD,
+                        help="the same for the text family (its score is on another scale: an exact token search)")
     output.add_argument("--top_k", type=int, default=5, help="posterior entries to show")
     output.add_argument("--format", choices=("table", "json"), default="table", help="what to print on stdout")
     output.add_argument("--json", dest="json_path", metavar="PATH", default=None,
@@ -128,25 +130,35 @@ def _top(posterior: dict[str, float], k: int) -> dict[str, float]:
     return {c: round(p, 4) for c, p in sorted(posterior.items(), key=lambda kv: -kv[1])[:k]}
 
 
-def scan_summary(result: Any, *, model: str, threshold: float, top_k: int, num_clean_pairs: int) -> dict[str, Any]:
-    """The JSON-ready verdict of a :class:`~bibau_hf.inversion.ScanResult`."""
-    suspected = result.backdoor_score >= threshold
+def scan_summary(
+    result: Any, *, model: str, threshold: float, text_threshold: float, top_k: int, num_clean_pairs: int
+) -> dict[str, Any]:
+    """The JSON-ready verdict of a :class:`~bibau_hf.inversion.ScanResult`: a backdoor is suspected when any family
+    reaches its tower's threshold (``threshold`` for image families, ``text_threshold`` for the text one)."""
     details = result.to_dict()
+    families = []
+    for t in result.triggers:
+        level = text_threshold if t.modality == "text" else threshold
+        families.append({
+            "family": f"{t.modality}/{t.family}", "score": round(t.score, 3), "threshold": level,
+            "suspected": t.score >= level, "suspected_target": t.suspected_target,
+            "posterior_top": _top(t.posterior, top_k),
+        })
+    flagged = [f for f in families if f["suspected"]]
+    # The suspected target is the flagged family's (the most anomalous relative to its threshold), else the scan's.
+    lead = max(flagged, key=lambda f: f["score"] / max(f["threshold"], 1e-9)) if flagged else None
     return {
         "model": model,
-        "verdict": "backdoor suspected" if suspected else "no backdoor detected",
-        "backdoor_suspected": suspected,
-        "threshold": threshold,
+        "verdict": "backdoor suspected" if flagged else "no backdoor detected",
+        "backdoor_suspected": bool(flagged),
+        "thresholds": {"image": threshold, "text": text_threshold},
+        "flagged_families": [f["family"] for f in flagged],
         "backdoor_score": details["backdoor_score"],
-        "suspected_target": details["suspected_target"],
+        "suspected_target": lead["suspected_target"] if lead else details["suspected_target"],
         "suspected_target_posterior": details["suspected_target_posterior"],
         "posterior_top": _top(result.posterior, top_k),
-        "strongest_family": details["strongest_family"],
-        "families": [
-            {"family": f"{t.modality}/{t.family}", "score": round(t.score, 3), "suspected_target": t.suspected_target,
-             "posterior_top": _top(t.posterior, top_k)}
-            for t in result.triggers
-        ],
+        "strongest_family": lead["family"] if lead else details["strongest_family"],
+        "families": families,
         "num_clean_pairs": num_clean_pairs,
         "num_candidates": len(result.candidates),
         "natural_similarity": details["natural_similarity"],
@@ -158,24 +170,26 @@ def scan_summary(result: Any, *, model: str, threshold: float, top_k: int, num_c
 def format_scan(summary: dict[str, Any]) -> str:
     """The human-readable table of :func:`scan_summary`."""
     verdict = summary["verdict"].upper() if summary["backdoor_suspected"] else summary["verdict"]
-    comparison = ">=" if summary["backdoor_suspected"] else "<"
+    levels = summary["thresholds"]
+    flagged = (", ".join(summary["flagged_families"]) + " at or above their tower's threshold"
+               if summary["flagged_families"] else
+               f"every family below its tower's threshold: image {levels['image']:g}, text {levels['text']:g}")
     posterior = ", ".join(f"{c} {p:.3f}" for c, p in summary["posterior_top"].items()) or "-"
     lines = [
         f"model             {summary['model']}",
         f"clean pairs       {summary['num_clean_pairs']}  (candidate targets: {summary['num_candidates']})",
-        f"verdict           {verdict}  (backdoor score {summary['backdoor_score']:.3f} {comparison} threshold "
-        f"{summary['threshold']:.2f})",
+        f"verdict           {verdict}  ({flagged})",
         f"suspected target  {summary['suspected_target']!r}  (posterior {summary['suspected_target_posterior']:.3f}, "
         f"{summary['strongest_family']})",
         f"posterior top-{len(summary['posterior_top'])}   {posterior}",
         "",
     ]
-    rows = [("family", "score", "suspected target", "posterior")]
+    rows = [("family", "score", "threshold", "suspected target", "posterior")]
     for family in summary["families"]:
         target = family["suspected_target"]
-        rows.append((family["family"], f"{family['score']:.3f}", target,
+        rows.append((family["family"], f"{family['score']:.3f}", f"{family['threshold']:g}", target,
                      f"{family['posterior_top'].get(target, 0.0):.3f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     table.insert(1, "  ".join("-" * w for w in widths))
     lines += table
@@ -214,8 +228,8 @@ def scan_command(args: argparse.Namespace) -> dict[str, Any]:
         max_candidates=args.max_candidates, seed=args.seed, progress=not args.quiet,
     )
     result = scan(model, train.images, train.captions, concepts=concepts, config=config)
-    summary = scan_summary(result, model=str(args.model), threshold=args.threshold, top_k=args.top_k,
-                           num_clean_pairs=len(train))
+    summary = scan_summary(result, model=str(args.model), threshold=args.threshold,
+                           text_threshold=args.text_threshold, top_k=args.top_k, num_clean_pairs=len(train))
     if args.json_path:
         path = Path(args.json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,7 @@ def hand_report(**overrides) -> dict:
         "scan_after": _scan(0.339, "four", 0.21),
         "suspected_target": "zero",
         "rounds": [
-            {"round": 0, "step": 0, **_scan(6.107, "zero", 0.9776),
+            {"round": 0, "step": 0, **_scan(6.107, "zero", 0.9776), "unlearned_trigger_words": ["c", "f</w>"],
              "metrics": {"clean_accuracy": 0.9759, "attack_success_rate": 1.0, "robust_accuracy": 0.0}},
             {"round": 1, "step": 20, **_scan(1.992, "two", 0.4173),
              "metrics": {"clean_accuracy": 0.9722, "attack_success_rate": 0.9712, "robust_accuracy": 0.0062}},
@@ -136,6 +136,8 @@ def test_card_body_reads_the_report(tmp_path):
     assert f"```bash\n{report['command']}\n```" in text
     assert "```bash\nbibau-hf push outputs/bibau_clean acme/clean\n```" in text
     assert "`took</w>`/`oni` + `mb`/`aged</w>`" in text
+    assert "round 0: unlearned as the words `c` `f</w>`" in text
+    assert "(below the image/mask family's unlearning threshold of 1.5)" in text
     for plot in plots:
         assert f"]({plot})" in text
     assert "<summary>Full configuration</summary>" in text and '"em_rounds": 2' in text
@@ -152,6 +154,7 @@ def test_card_of_a_bare_run_skips_what_is_missing(tmp_path):
         scan["triggers"] = scan["triggers"][:1]
     for entry in report["rounds"]:
         del entry["metrics"]
+        entry.pop("unlearned_trigger_words", None)
     path = tmp_path / "README.md"
     card = render_model_card(report)
     card.save(path)

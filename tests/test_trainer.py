@@ -341,6 +341,10 @@ def test_warp_trigger_starts_near_identity_is_bounded_and_differentiable():
     assert warp.raw.grad is not None and warp.raw.grad.abs().sum() > 0
     one = warp.select([1])
     torch.testing.assert_close(one.apply_one(images, 0), warp.apply_one(images, 1))
+    # Per-image strength scales the displacement: 1 is the inverted warp, 0 none at all.
+    torch.testing.assert_close(warp.apply_one(images, 1, torch.ones(4)), warp.apply_one(images, 1))
+    torch.testing.assert_close(warp.apply_one(images, 1, torch.zeros(4)), images, atol=1e-5, rtol=0)
+    assert not torch.allclose(warp.apply_one(images, 1, torch.full((4,), 2.0)), warp.apply_one(images, 1))
 
 
 def test_each_image_trigger_acts_on_a_whole_copy_of_the_batch(tiny_model, digits_data, tmp_path):

@@ -1,6 +1,14 @@
 """The E-step: blind inversion of image/text triggers, target posterior, backdoor score, and ``scan``."""
 
-from .blind_inversion import BlindInverter, InversionConfig, InvertedTrigger, ScanResult, scan
+from .blind_inversion import (
+    IMAGE_THRESHOLD,
+    TEXT_THRESHOLD,
+    BlindInverter,
+    InversionConfig,
+    InvertedTrigger,
+    ScanResult,
+    scan,
+)
 from .image_trigger import (
     IMAGE_FAMILIES,
     AdditiveTrigger,
@@ -13,6 +21,8 @@ from .text_trigger import SoftTokenTrigger
 
 __all__ = [
     "IMAGE_FAMILIES",
+    "IMAGE_THRESHOLD",
+    "TEXT_THRESHOLD",
     "AdditiveTrigger",
     "BlindInverter",
     "ImageTriggerFamily",

@@ -40,6 +40,11 @@ from .image_trigger import build_image_trigger
 from .text_trigger import SoftTokenTrigger
 
 TEXT_SWEEP_BATCH = 64
+# Per-tower anomaly levels at which a family counts as backdoored (BI-BAU's unlearning gates, the scan's verdict),
+# fitted on the digits lab's 18 models (docs/METHOD_NOTES.md §7): the text score (an exact search over real tokens)
+# separates by a wide margin, the image score does not, and a missed image backdoor costs more than a false alarm.
+IMAGE_THRESHOLD = 1.5
+TEXT_THRESHOLD = 10.0
 # A word joins a text trigger phrase only if it cuts the remaining loss toward the target at least by this factor.
 WORD_GAIN = 0.5
 DEFAULT_CONCEPT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image of a {}.", "{}")
@@ -608,7 +613,8 @@ def scan(
         concept_templates: prompt templates for embedding concepts.
 
     Returns:
-        A :class:`ScanResult`: ``backdoor_score`` (an anomaly index; above ~2 is suspicious), ``suspected_target``
+        A :class:`ScanResult`: ``backdoor_score`` (an anomaly index; compare each family's score with its tower's
+        threshold, ``IMAGE_THRESHOLD`` or ``TEXT_THRESHOLD``), ``suspected_target``
         and its ``posterior``, and the inverted triggers.
     """
     return BlindInverter(adapter, images, captions, config, concepts, concept_templates).run()

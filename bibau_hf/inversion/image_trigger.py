@@ -200,9 +200,13 @@ class WarpTrigger(ImageTriggerFamily):
             )
         return F.grid_sample(images, grid.to(images), mode="bilinear", padding_mode="border", align_corners=True)
 
-    def apply_one(self, images: torch.Tensor, index: int) -> torch.Tensor:
-        grid = self.sampling_grid()[index : index + 1]
-        return self._warp(images, grid.expand(images.shape[0], -1, -1, -1))
+    def apply_one(self, images: torch.Tensor, index: int, strength: torch.Tensor | None = None) -> torch.Tensor:
+        """Warp ``images`` by candidate ``index``; ``strength`` ``[B]`` scales each image's displacement."""
+        grid = self.sampling_grid()[index : index + 1].expand(images.shape[0], -1, -1, -1)
+        if strength is not None:
+            identity = self.identity.unsqueeze(0)
+            grid = identity + strength.view(-1, 1, 1, 1).to(grid) * (grid - identity)
+        return self._warp(images, grid)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         c, b = self.num_candidates, images.shape[0]

@@ -16,6 +16,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..inversion.blind_inversion import IMAGE_THRESHOLD, TEXT_THRESHOLD
 from .plots import PLOTS_DIR, REPORT_FILE
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "bibau_model_card.md"
@@ -260,14 +261,24 @@ def _target_text(report: dict[str, Any]) -> str:
             f"{t['modality']}/{t['family']} → {t['suspected_target']} (score {t['score']:.3f})"
             for t in before["triggers"]) + "."
     if after:
-        level = "below" if after["backdoor_score"] < 2 else "still above"
-        text += (f"\n\nAfter unlearning, the backdoor score is {after['backdoor_score']:.3f} ({level} the suspicion "
-                 f"level of about 2); the most anomalous concept is then {after['suspected_target']} (posterior "
+        threshold = _tower_threshold(report, after.get("strongest_family") or "image/")
+        level = "below" if after["backdoor_score"] < threshold else "still at or above"
+        text += (f"\n\nAfter unlearning, the backdoor score is {after['backdoor_score']:.3f} ({level} the "
+                 f"{after.get('strongest_family') or 'strongest'} family's unlearning threshold of {threshold:g}); "
+                 f"the most anomalous concept is then {after['suspected_target']} (posterior "
                  f"{after.get('suspected_target_posterior', 0):.3f})")
         # Said explicitly: a reader would otherwise take a remaining score for the old backdoor.
         moved = after["suspected_target"] != before["suspected_target"]
         text += f", no longer {before['suspected_target']}." if moved else "."
     return text
+
+
+def _tower_threshold(report: dict[str, Any], family: str) -> float:
+    """The unlearning threshold of ``family``'s tower (``"text/..."`` or an image family) in the run's config."""
+    config = report.get("config") or {}
+    if family.startswith("text/"):
+        return float(config.get("text_unlearn_threshold", TEXT_THRESHOLD))
+    return float(config.get("unlearn_threshold", IMAGE_THRESHOLD))
 
 
 def _text_trigger_text(report: dict[str, Any]) -> str:
@@ -280,6 +291,10 @@ def _text_trigger_text(report: dict[str, Any]) -> str:
             words = " + ".join("/".join(_code(tok) for tok in row) for row in tokens)
             lines.append(f"- {phase} unlearning: toward **{trig['suspected_target']}** (score {trig['score']:.3f}), "
                          f"nearest vocabulary tokens {words}")
+    for entry in report.get("rounds") or []:
+        if entry.get("unlearned_trigger_words"):
+            words = " ".join(_code(word) for word in entry["unlearned_trigger_words"])
+            lines.append(f"- round {entry.get('round', '?')}: unlearned as the words {words}, inserted in captions")
     if not lines:
         return ""
     return "Text tower: the inverted caption trigger (a few inserted token vectors), shown by its nearest " \
