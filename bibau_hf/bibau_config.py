@@ -151,15 +151,17 @@ class BIBAUConfig(TrainingArguments):
         },
     )
     trigger_shift: bool = field(
-        default=True, metadata={"help": "Also apply the inverted image trigger at random offsets in the M-step."}
+        default=True,
+        metadata={"help": "Also apply inverted mask and additive triggers at random offsets in the M-step (a warp "
+                  "varies in strength instead, see warp_strength)."},
     )
     warp_strength: float = field(
         default=1.5,
         metadata={
             "help": "In the M-step an inverted warp is applied at a random strength between 1 and this many times its "
             "own displacement: the inversion finds the weakest warp that fires, the attacker's may be stronger "
-            "(the warp's analogue of trigger_shift). 1 applies it as inverted. On the digits WaNet models 1.5 more than "
-            "halved the ASR left after purification (docs/METHOD_NOTES.md §12)."
+            "(the warp's analogue of trigger_shift). 1 applies it as inverted. On the digits WaNet models 1.5 more "
+            "than halved the ASR left after purification (docs/METHOD_NOTES.md §13)."
         },
     )
     batch_per_trigger: bool = field(

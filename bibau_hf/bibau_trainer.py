@@ -456,10 +456,10 @@ class BIBAUTrainer(Trainer):
         """The triggered images: a copy of the batch per inverted trigger (``batch_per_trigger``), or one copy whose
         rows the triggers share.
 
-        With ``trigger_shift`` the trigger is also moved, for three rows in four, by a random whole number of the
-        vision tower's patches: a ViT applies the same patch embedding everywhere, so a patch backdoor fires in other
-        grid cells too, and the inversion finds it in whichever cell the optimiser reached first; unlearning it in
-        every cell covers the cell the attacker used.
+        With ``trigger_shift`` a mask or additive trigger is also moved, for three rows in four, by a random whole
+        number of the vision tower's patches: a ViT applies the same patch embedding everywhere, so a patch backdoor
+        fires in other grid cells too, and the inversion finds it in whichever cell the optimiser reached first;
+        unlearning it in every cell covers the cell the attacker used. A warp varies in strength instead.
         """
         if not self._image_triggers or self.args.trigger_image_weight == 0:
             return None
