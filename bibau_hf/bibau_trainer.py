@@ -473,6 +473,8 @@ class BIBAUTrainer(Trainer):
         with torch.no_grad():
             for k, trigger in enumerate(self._image_triggers):
                 rows = (owner == k).nonzero().flatten().to(pixel_values.device)
+                if len(rows) == 0:  # more triggers than rows (the no-posterior ablation): this one waits its turn
+                    continue
                 x = source[rows]
                 if isinstance(trigger, WarpTrigger):
                     # A warp has no position to move; its strength varies instead, up to warp_strength times the
