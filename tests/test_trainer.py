@@ -52,6 +52,8 @@ def test_config_rejects_bad_values(tmp_path):
         make_config(tmp_path, em_rounds=0)
     with pytest.raises(BIBAUError, match="prior_type"):
         make_config(tmp_path, prior_type="kl")
+    with pytest.raises(BIBAUError, match="warp_strength"):
+        make_config(tmp_path, warp_strength=0.5)
 
 
 def test_every_loss_term_is_computed_and_logged(tiny_model, digits_data, tmp_path):
@@ -416,3 +418,23 @@ def test_trigger_phrase_grows_only_by_words_that_halve_the_loss(tiny_model, digi
         assert float(longer[0]) <= WORD_GAIN * float(shorter[0]) + 1e-6
     assert tiny_model.training and all(p.grad is None for p in tiny_model.parameters())
     assert all(torch.equal(p, before[n]) for n, p in tiny_model.named_parameters())
+
+
+def test_warp_triggers_are_unlearned_between_their_inverted_and_warp_strength_times_that(tiny_model, digits_data,
+                                                                                        tmp_path):
+    from bibau_hf.inversion.image_trigger import WarpTrigger
+
+    data = small_clean_set(digits_data, 16)
+    warp = WarpTrigger(1, (32, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        warp.raw.normal_(generator=torch.Generator().manual_seed(1))
+    images = {}
+    for strength in (1.0, 1.5):
+        trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, warp_strength=strength), data)
+        pixels = trainer.data_collator([data[i] for i in range(16)])["pixel_values"]
+        trainer._image_triggers = [warp]
+        images[strength] = trainer._triggered_images(pixels)
+    torch.testing.assert_close(images[1.0], warp.apply_one(pixels, 0))  # as inverted, and never moved
+    stronger = (images[1.5] - pixels).abs().flatten(1).mean(1)
+    assert (stronger >= (images[1.0] - pixels).abs().flatten(1).mean(1) - 1e-6).all()
+    assert not torch.allclose(images[1.5], images[1.0])
