@@ -168,8 +168,8 @@ class BIBAUConfig(TrainingArguments):
         default=False,
         metadata={
             "help": "Every unlearned image trigger acts on a whole copy of the batch (one more image forward per "
-            "trigger, a fifth more M-step time with two families). False: the triggers take turns over one copy's "
-            "rows. No measurable completeness gain on the digits lab (METHOD_NOTES §12)."
+            "trigger, a fifth more purification time with two families). False: the triggers take turns over one "
+            "copy's rows. No measurable completeness gain on the digits lab (METHOD_NOTES §12)."
         },
     )
     invariance_weight: float = field(
