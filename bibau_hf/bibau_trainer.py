@@ -55,7 +55,7 @@ from .hub import (
 from .inversion import BlindInverter, InvertedTrigger, ScanResult, WarpTrigger
 from .inversion.blind_inversion import concept_embeddings
 from .inversion.distributed import all_gather_with_grad, broadcast_from_main, is_distributed, mean_over_ranks
-from .inversion.text_trigger import decode_token_ids
+from .inversion.text_trigger import decode_token_ids, nearest_vocabulary_ids
 from .models.base import ContrastiveAdapter
 from .reference_outputs import ReferenceOutputCache
 from .reporting import save_trigger_artifacts, write_model_card, write_plots
@@ -118,10 +118,6 @@ def _roll_rows(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
 
     A loop of rolls: on CPU it is an order of magnitude faster than one gather with per-row indices."""
     return torch.stack([torch.roll(image, (dy, dx), (1, 2)) for image, (dy, dx) in zip(images, shifts.tolist())])
-
-
-def _family_key(trigger: InvertedTrigger) -> str:
-    return f"{trigger.modality}/{trigger.family}"
 
 
 def library_versions() -> dict[str, str]:
@@ -363,7 +359,7 @@ class BIBAUTrainer(Trainer):
         """
         self._image_triggers, directions = [], []
         for trig in result.image_triggers():
-            target = self._unlearning_target(_family_key(trig))
+            target = self._unlearning_target(trig.key)
             if target is not None:
                 self._image_triggers.append(trig.trigger_for(target) or trig.trigger)
                 directions.append(self.inverter.concept_emb[result.candidates.index(target)])
@@ -372,7 +368,7 @@ class BIBAUTrainer(Trainer):
             self._target_directions = torch.stack(directions).to(self.args.device)
         text = result.text_triggers()
         self._soft_tokens = None
-        target = self._unlearning_target(_family_key(text[0])) if text else None
+        target = self._unlearning_target(text[0].key) if text else None
         if target is not None:
             chosen = text[0].trigger_for(target) or text[0].trigger
             self._soft_tokens = chosen.tokens[0].detach().clone()
@@ -409,16 +405,14 @@ class BIBAUTrainer(Trainer):
         (a continuous inversion's vectors, or one set per concept)."""
         if tokens is None or tokens.dim() != 2:
             return None
-        weight = self.adapter.token_embedding.weight.detach()
-        distances = torch.cdist(tokens.to(weight.dtype), weight, compute_mode="donot_use_mm_for_euclid_dist")
-        best = distances.min(-1)
-        exact = best.values <= 1e-6 * weight.norm(dim=-1).median()
-        return best.indices if bool(exact.all()) else None
+        ids, distances = nearest_vocabulary_ids(self.adapter, tokens)
+        exact = distances <= 1e-6 * self.adapter.token_embedding.weight.detach().norm(dim=-1).median()
+        return ids if bool(exact.all()) else None
 
     def _set_targets(self, result: ScanResult) -> None:
         """Per trigger family, the MAP latent target of the suspect model's scan and its anomaly score."""
         for trig in result.triggers:
-            self._targets[_family_key(trig)] = (trig.score, trig.suspected_target)
+            self._targets[trig.key] = (trig.score, trig.suspected_target)
         self._targets = broadcast_from_main(self._targets)
 
     def _unlearning_target(self, key: str) -> str | None:
@@ -432,7 +426,7 @@ class BIBAUTrainer(Trainer):
     def _tracked_score(self, result: ScanResult) -> float:
         """How anomalous the tracked targets still are on the current model (the early-stop criterion)."""
         scores = [t.anomaly.get(self._targets[key][1], 0.0) for t in result.triggers
-                  if (key := _family_key(t)) in self._targets]
+                  if (key := t.key) in self._targets]
         return max(scores, default=0.0)
 
     def _trigger_owner(self, batch: int) -> torch.Tensor:

@@ -140,7 +140,7 @@ def scan_summary(
     for t in result.triggers:
         level = text_threshold if t.modality == "text" else threshold
         families.append({
-            "family": f"{t.modality}/{t.family}", "score": round(t.score, 3), "threshold": level,
+            "family": t.key, "score": round(t.score, 3), "threshold": level,
             "suspected": t.score >= level, "suspected_target": t.suspected_target,
             "posterior_top": _top(t.posterior, top_k),
         })

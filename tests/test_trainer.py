@@ -393,6 +393,7 @@ def test_trigger_word_is_unlearned_through_its_embedding_row(tiny_model, digits_
 def test_trigger_phrase_grows_only_by_words_that_halve_the_loss(tiny_model, digits_data):
     from bibau_hf.inversion import BlindInverter, InversionConfig
     from bibau_hf.inversion.blind_inversion import TEXT_SWEEP_BATCH, WORD_GAIN, BatchSampler
+    from bibau_hf.inversion.text_trigger import nearest_vocabulary_ids
 
     train, test = digits_data
     data = train.take(32, seed=0)
@@ -405,7 +406,7 @@ def test_trigger_phrase_grows_only_by_words_that_halve_the_loss(tiny_model, digi
     assert torch.equal(inverter.extend_trigger_words(first, trigger.suspected_target, 1), first)
     words = inverter.extend_trigger_words(first, trigger.suspected_target, 3)
     assert 1 <= len(words) <= 3 and torch.equal(words[:1], first)
-    ids = inverter._nearest_ids(words)
+    ids, _ = nearest_vocabulary_ids(tiny_model, words)
     torch.testing.assert_close(words, tiny_model.token_embedding.weight.detach()[ids])  # every word is a real token
     k = inverter.candidates.index(trigger.suspected_target)
     sampler = BatchSampler(inverter.images, inverter.token_ids, TEXT_SWEEP_BATCH, config.seed + 7919)

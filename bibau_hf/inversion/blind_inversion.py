@@ -37,7 +37,7 @@ from ..evaluation.zero_shot import zero_shot_classifier
 from ..models.base import ContrastiveAdapter
 from .distributed import all_reduce_gradients
 from .image_trigger import build_image_trigger
-from .text_trigger import SoftTokenTrigger
+from .text_trigger import SoftTokenTrigger, nearest_vocabulary_ids
 
 TEXT_SWEEP_BATCH = 64
 # Per-tower anomaly levels at which a family counts as backdoored (BI-BAU's unlearning gates, the scan's verdict),
@@ -102,6 +102,11 @@ class InvertedTrigger:
     candidates_names: list[str] = field(default_factory=list, repr=False)
     _adapter: Any = field(default=None, repr=False)
 
+    @property
+    def key(self) -> str:
+        """``"modality/family"``, e.g. ``"image/warp"``: how targets, gates and reports name a trigger family."""
+        return f"{self.modality}/{self.family}"
+
     def trigger_for(self, concept: str):
         """The sweep's trigger toward ``concept`` (a single-candidate family), or ``None`` if it was not swept."""
         names = [self.candidates_names[i] for i in self.sweep_candidates] if self.candidates_names else []
@@ -164,7 +169,7 @@ class ScanResult:
             "backdoor_score": round(self.backdoor_score, 3),
             "suspected_target": self.suspected_target,
             "suspected_target_posterior": round(self.posterior.get(self.suspected_target, 0.0), 4),
-            "strongest_family": f"{strongest.modality}/{strongest.family}" if strongest else None,
+            "strongest_family": strongest.key if strongest else None,
             "natural_similarity": round(self.natural_similarity, 4),
             "triggers": [t.summary() for t in self.triggers],
             "seconds": round(self.seconds, 2),
@@ -233,6 +238,7 @@ class _Side:
 
     def __init__(self, inverter: BlindInverter, modality: str, family: str) -> None:
         self.inv, self.modality, self.family = inverter, modality, family
+        self.key = f"{modality}/{family}"
         cfg = inverter.config
         if modality == "image":
             self.weight = {"mask": cfg.mask_l1_weight, "warp": cfg.warp_weight}.get(family, cfg.additive_weight)
@@ -333,8 +339,8 @@ class BlindInverter:
                 before = previous_by_family.get((side.modality, side.family))
                 if focus is None:
                     results.append(self._invert(side, targets, 100 * (i + 1), before))
-                elif (key := f"{side.modality}/{side.family}") in focus:
-                    results.append(self._invert_toward(side, targets, 100 * (i + 1), before, focus[key]))
+                elif side.key in focus:
+                    results.append(self._invert_toward(side, targets, 100 * (i + 1), before, focus[side.key]))
         return ScanResult(results, self.candidates, natural, time.time() - started)
 
     @contextlib.contextmanager
@@ -404,7 +410,7 @@ class BlindInverter:
             return -pairwise_agreement(emb) + cfg.own_pair_weight * own + side.weight * trigger.prior_cost()
 
         self._optimise(list(trigger.parameters()), lambda: collapse_objective(*sampler()).sum(), cfg.steps,
-                       f"invert {side.modality}/{side.family}")
+                       f"invert {side.key}")
         with torch.no_grad():
             images, ids = sampler()
             best = int(collapse_objective(images, ids).argmin())
@@ -459,7 +465,7 @@ class BlindInverter:
             return ce.view(len(subset), -1).mean(-1) + side.weight * sweep.prior_cost()
 
         self._optimise(list(sweep.parameters()), lambda: sweep_objective(*sampler()).sum(), steps,
-                       f"score {side.modality}/{side.family}")
+                       f"score {side.key}")
         with torch.no_grad():
             objectives = sweep_objective(*sampler()).cpu()
         return sweep, objectives
@@ -554,18 +560,15 @@ class BlindInverter:
             while len(words) < max_words:
                 candidates = self._word_candidates(sampler()[1], words, self.text_targets, [k])[0]
                 _, ids = sampler()
-                current = float(self._word_costs(ids, words[:-1] if len(words) > 1 else None,
-                                                 self._nearest_ids(words[-1:]), self.text_targets, k)[0])
+                last, _ = nearest_vocabulary_ids(self.adapter, words[-1:])
+                current = float(self._word_costs(ids, words[:-1] if len(words) > 1 else None, last,
+                                                 self.text_targets, k)[0])
                 costs = self._word_costs(ids, words, candidates, self.text_targets, k)
                 best = int(costs.argmin())
                 if float(costs[best]) > WORD_GAIN * current:
                     break
                 words = torch.cat([words, weight[candidates[best]].unsqueeze(0)])
         return words
-
-    def _nearest_ids(self, words: torch.Tensor) -> torch.Tensor:
-        weight = self.adapter.token_embedding.weight.detach()
-        return torch.cdist(words, weight, compute_mode="donot_use_mm_for_euclid_dist").argmin(-1)
 
     def _result(
         self, side: _Side, sweep, subset, objectives, collapse, collapse_posterior, statistics=None

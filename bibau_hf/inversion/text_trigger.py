@@ -77,6 +77,16 @@ class SoftTokenTrigger(nn.Module):
         return {"family": self.family, "num_tokens": self.num_tokens, "relative_norm": float(self.size()[index])}
 
 
+def nearest_vocabulary_ids(adapter: ContrastiveAdapter, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each ``[k, width]`` vector, the id of the nearest (L2) token embedding and its distance.
+
+    Distances are computed exactly (not through a matrix product), so that a copied embedding is at distance 0."""
+    weight = adapter.token_embedding.weight.detach()
+    distances = torch.cdist(vectors.to(weight), weight, compute_mode="donot_use_mm_for_euclid_dist")
+    nearest = distances.min(-1)
+    return nearest.indices, nearest.values
+
+
 def decode_token_ids(adapter: ContrastiveAdapter, ids: list[list[int]]) -> list[list[str]]:
     """Vocabulary strings of token ids, with either backend's tokenizer (HF, or open_clip's BPE ``decoder``)."""
     tokenizer = adapter.tokenizer
