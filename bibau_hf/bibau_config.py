@@ -40,6 +40,17 @@ class BIBAUConfig(TrainingArguments):
     em_rounds: int = field(
         default=3, metadata={"help": "EM rounds: each starts with an E-step (inversion) and then unlearns."}
     )
+    path_extrapolation: float = field(
+        default=1.5,
+        metadata={
+            "help": "α: as each EM round after the first begins, θ ← θ_bd + α (θ − θ_bd), a step further along the "
+            "path the unlearning took away from the suspect model; the round's M-step then repairs the clean task. "
+            "A purified model that stays near the suspect one relearns the backdoor from a few poisoned pairs (the "
+            "retuning attack). Free in time. 1 turns it off. On the digits lab (three seeds) 1.5 brought the retuned "
+            "ASR from 13.5 to 1.5 % (BadNets) and from 81 to 5.6 % (text), for 0.5 CA points on average "
+            "(docs/METHOD_NOTES.md §14)."
+        },
+    )
     stop_score: float = field(
         default=0.0,
         metadata={
@@ -269,6 +280,11 @@ class BIBAUConfig(TrainingArguments):
                      "posterior_temperature", "soft_token_norm_weight"):
             if getattr(self, name) < 0:
                 raise BIBAUError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.path_extrapolation < 1:
+            raise BIBAUError(
+                f"path_extrapolation must be >= 1 (1 is off; below 1 would step back toward the suspect model), got "
+                f"{self.path_extrapolation}"
+            )
         if self.warp_strength < 1:
             raise BIBAUError(f"warp_strength must be >= 1 (a multiple of the inverted warp), got {self.warp_strength}")
         if self.per_device_train_batch_size < 2:

@@ -196,7 +196,7 @@ class BIBAUTrainer(Trainer):
             # disabled is that copy, for free.
             self.reference = copy.deepcopy(model).eval()
             self.reference.requires_grad_(False)
-        elif args.prior_type == "l2" and not args.use_lora:
+        elif (args.prior_type == "l2" or args.path_extrapolation != 1) and not args.use_lora:
             self._anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         super().__init__(
             model=model, args=args, train_dataset=train_dataset, data_collator=ContrastiveCollator(model),
@@ -440,10 +440,31 @@ class BIBAUTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         round_index = self.state.global_step // self._rounds_length()
         if round_index != self._round:
+            if round_index > 0 and self.args.path_extrapolation != 1:
+                self._extrapolate(self.args.path_extrapolation)
             self._round = round_index
             self._e_step(round_index)
             model.train()
         return super().training_step(model, inputs, num_items_in_batch)
+
+    @torch.no_grad()
+    def _extrapolate(self, alpha: float) -> None:
+        """θ ← θ_bd + α (θ − θ_bd): further along the unlearning path, out of the backdoor's basin.
+
+        Unlearning that ends close to the suspect model only hides the backdoor: a few poisoned pairs lead back
+        to it. The next M-step repairs what the longer step costs the clean task. With LoRA the update θ − θ_bd
+        is ``lora_B @ lora_A``, so scaling ``lora_B`` scales it.
+        """
+        if self._lora:
+            for name, p in self.adapter.named_parameters():
+                if p.requires_grad and "lora_B" in name:
+                    p.mul_(alpha)
+            return
+        suspect = dict(self.reference.named_parameters()) if self.reference is not None else self._anchor
+        for name, p in self.adapter.named_parameters():
+            if name in suspect:
+                base = suspect[name].to(p.device)
+                p.copy_(base + alpha * (p - base))
 
     # ----------------------------------------------------------------------------------------------- M-step
     def _triggered_images(self, pixel_values: torch.Tensor) -> torch.Tensor | None:

@@ -144,6 +144,15 @@ def test_card_body_reads_the_report(tmp_path):
     assert "[`acme/clip-backdoored`](https://huggingface.co/acme/clip-backdoored)" in text
 
 
+def test_card_says_how_far_the_weights_were_extrapolated():
+    report = hand_report()
+    assert "times as far from the original" not in render_model_card(report).text  # a report from before the option
+    report["config"]["path_extrapolation"] = 1.5
+    assert "Between rounds it moved the weights 1.5 times as far from the original" in render_model_card(report).text
+    report["rounds"] = report["rounds"][:1]  # one round: nothing was extrapolated
+    assert "times as far from the original" not in render_model_card(report).text
+
+
 def test_card_of_a_bare_run_skips_what_is_missing(tmp_path):
     # Trainer used directly: no evaluator, no text tower, no final scan, no command, local base model.
     report = hand_report(base_model=str(tmp_path), dataset=None, eval_attack=None, command=None, completeness=None,

@@ -54,6 +54,8 @@ def test_config_rejects_bad_values(tmp_path):
         make_config(tmp_path, prior_type="kl")
     with pytest.raises(BIBAUError, match="warp_strength"):
         make_config(tmp_path, warp_strength=0.5)
+    with pytest.raises(BIBAUError, match="path_extrapolation"):
+        make_config(tmp_path, path_extrapolation=0.5)
 
 
 def test_every_loss_term_is_computed_and_logged(tiny_model, digits_data, tmp_path):
@@ -155,6 +157,55 @@ def test_l2_prior_grows_when_weights_move(tiny_model, digits_data, tmp_path):
     with torch.no_grad():
         next(p for p in tiny_model.parameters() if p.requires_grad).add_(0.1)
     assert float(trainer._prior(None, None, None)) > 0.0
+
+
+@pytest.mark.parametrize("prior_type", ["distill", "none"])
+def test_extrapolation_steps_further_along_the_path_from_the_suspect_model(tiny_model, digits_data, tmp_path,
+                                                                          prior_type):
+    trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, prior_type=prior_type), small_clean_set(digits_data, 16))
+    torch.manual_seed(0)
+    suspect, moved = {}, {}
+    with torch.no_grad():
+        for name, p in tiny_model.named_parameters():
+            suspect[name] = p.detach().clone()
+            p.add_(0.01 * torch.randn_like(p))
+            moved[name] = p.detach().clone()
+    trainer._extrapolate(1.5)
+    for name, p in tiny_model.named_parameters():
+        torch.testing.assert_close(p, suspect[name] + 1.5 * (moved[name] - suspect[name]), msg=name)
+
+
+def test_extrapolation_with_lora_scales_only_the_adapter_update(tiny_model, digits_data, tmp_path):
+    config = make_config(tmp_path, use_lora=True, prior_type="distill")
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 16))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in tiny_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    trainer._extrapolate(2.0)
+    scaled = [n for n in before if "lora_B" in n]
+    assert scaled
+    for name, p in tiny_model.named_parameters():
+        # B A grows by α; A and the base stay.
+        torch.testing.assert_close(p, 2.0 * before[name] if name in scaled else before[name], msg=name)
+
+
+def test_extrapolation_happens_as_each_round_after_the_first_begins(tiny_model, digits_data, tmp_path):
+    class CountingTrainer(BIBAUTrainer):
+        def _extrapolate(self, alpha):
+            calls.append((self.state.global_step, alpha))
+            super()._extrapolate(alpha)
+
+    calls = []
+    data = small_clean_set(digits_data, 16)
+    CountingTrainer(tiny_model, make_config(tmp_path, max_steps=3, em_rounds=3), data).train()
+    assert calls == [(1, 1.5), (2, 1.5)]
+    calls.clear()
+    config = make_config(tmp_path, max_steps=3, em_rounds=3, path_extrapolation=1.0, overwrite_output_dir=True)
+    CountingTrainer(tiny_model, config, data).train()
+    assert calls == []
 
 
 def test_push_term_ignores_images_already_matching_the_target(tiny_model, digits_data, tmp_path):

@@ -7,8 +7,10 @@ Each variant switches off one part of the method (DESIGN §3):
 - ``bibau_no_target``: ``target_posterior=False``: no estimate of the latent target; every round unlearns the
   inverted triggers toward every candidate concept alike (a uniform posterior), with no push and no gating.
 - ``bibau_no_prior``: ``prior_type="none"``: no distillation to the suspect model's clean embeddings.
-- ``bibau_mask_only``: the default (mask-and-pattern family only); the same run as ``bibau``, listed for the table.
-- ``bibau_additive``: ``trigger_families=["additive"]``: the L∞ additive family instead of mask-and-pattern.
+- ``bibau_mask_only``: ``trigger_families=["mask"]``: the mask-and-pattern family alone (the default adds the warp).
+- ``bibau_additive``: ``trigger_families=["additive"]``: the L∞ additive family alone.
+- ``bibau_no_extrapolation``: ``path_extrapolation=1``: rounds start where the last one ended, with no step further
+  from the suspect model.
 
 ``bibau_lora`` trains LoRA adapters only, at learning rate 1e-3 (a rank-8
 adapter at the full model's 1e-4 barely moves in 60 steps).
@@ -33,6 +35,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bibau_no_prior": {"prior_type": "none"},
     "bibau_mask_only": {"trigger_families": ["mask"]},
     "bibau_additive": {"trigger_families": ["additive"]},
+    "bibau_no_extrapolation": {"path_extrapolation": 1.0},
 }
 """BIBAUConfig overrides per variant (on top of the benchmark's shared config)."""
 

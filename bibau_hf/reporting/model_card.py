@@ -352,6 +352,17 @@ def _completeness(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
     return text, rows
 
 
+def _extrapolation_text(report: dict[str, Any]) -> str:
+    alpha = (report.get("config") or {}).get("path_extrapolation", 1.0)
+    if not alpha or alpha == 1 or len(report.get("rounds") or []) < 2:
+        return ""
+    return (
+        f" Between rounds it moved the weights {alpha:g} times as far from the original along the path the unlearning "
+        "had taken, and the next round restored the clean behaviour: unlearning that stays close to the original is "
+        "undone by a few poisoned pairs."
+    )
+
+
 def _details(report: dict[str, Any]) -> list[list[str]]:
     config = report.get("config") or {}
     mode = report.get("mode")
@@ -424,6 +435,7 @@ def _context(report: dict[str, Any], plots: list[str] | None, extra_command: str
         "dataset": report.get("dataset"),
         "searched": _searched(report),
         "mode_text": "through LoRA adapters, merged afterwards" if report.get("mode") == "lora" else "all weights",
+        "extrapolation_text": _extrapolation_text(report),
         "timing_text": _timing_text(report),
         "results_rows": results_rows,
         "metric_notes": metric_notes,
