@@ -47,8 +47,8 @@ class BIBAUConfig(TrainingArguments):
             "path the unlearning took away from the suspect model; the round's M-step then repairs the clean task. "
             "A purified model that stays near the suspect one relearns the backdoor from a few poisoned pairs (the "
             "retuning attack). Free in time. 1 turns it off. On the digits lab (three seeds) 1.5 brought the retuned "
-            "ASR from 13.5 to 1.5 % (BadNets) and from 81 to 5.6 % (text), for 0.5 CA points on average "
-            "(docs/METHOD_NOTES.md §14)."
+            "ASR (in percent) from 13.5 to 1.5 on BadNets and from 81 to 5.6 on the text trigger, for 0.5 CA points "
+            "on average (docs/METHOD_NOTES.md §14)."
         },
     )
     stop_score: float = field(
