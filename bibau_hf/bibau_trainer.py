@@ -440,7 +440,8 @@ class BIBAUTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         round_index = self.state.global_step // self._rounds_length()
         if round_index != self._round:
-            if round_index > 0 and self.args.path_extrapolation != 1:
+            # Only after a round this trainer ran: a run resumed mid-way was extrapolated before its checkpoint.
+            if self._round >= 0 and self.args.path_extrapolation != 1:
                 self._extrapolate(self.args.path_extrapolation)
             self._round = round_index
             self._e_step(round_index)
