@@ -52,7 +52,7 @@ from .hub import (
     default_api,
     push_output_dir,
 )
-from .inversion import BlindInverter, InvertedTrigger, ScanResult, WarpTrigger
+from .inversion import AdditiveTrigger, BlindInverter, InvertedTrigger, ScanResult, WarpTrigger
 from .inversion.blind_inversion import concept_embeddings
 from .inversion.distributed import all_gather_with_grad, broadcast_from_main, is_distributed, mean_over_ranks
 from .inversion.text_trigger import decode_token_ids, nearest_vocabulary_ids
@@ -496,18 +496,28 @@ class BIBAUTrainer(Trainer):
                     # A warp has no position to move; its strength varies instead, up to warp_strength times the
                     # inverted one (which is the weakest warp that fires, and the attacker's may be stronger).
                     strength = 1 + (self.args.warp_strength - 1) * torch.rand(len(rows), generator=generator)
-                    x = trigger.apply_one(x, 0, strength)
-                elif self.args.trigger_shift:
+                    out[rows] = trigger.apply_one(x, 0, strength)
+                    continue
+                strength = None
+                if isinstance(trigger, AdditiveTrigger) and self.args.additive_strength > 1:
+                    # The same for an additive trigger's amplitude: the inversion's ε bound keeps the score
+                    # meaningful, and the attacker's signal may be stronger than that bound.
+                    strength = 1 + (self.args.additive_strength - 1) * torch.rand(len(rows), generator=generator)
+                if self.args.trigger_shift:
                     # Every fourth row keeps the trigger where it was inverted; the others draw a cell, in row order.
                     moved = torch.arange(len(rows)) % 4 != 0
                     shifts = torch.zeros(len(rows), 2, dtype=torch.long)
                     for j in moved.nonzero().flatten().tolist():
                         shifts[j] = torch.randint(0, max(h, w) // step, (2,), generator=generator) * step
-                    x = _roll_rows(trigger.apply_one(_roll_rows(x, -shifts), 0), shifts)
+                    x = _roll_rows(self._apply_trigger(trigger, _roll_rows(x, -shifts), strength), shifts)
                 else:
-                    x = trigger.apply_one(x, 0)
+                    x = self._apply_trigger(trigger, x, strength)
                 out[rows] = x
         return out
+
+    @staticmethod
+    def _apply_trigger(trigger, images: torch.Tensor, strength: torch.Tensor | None) -> torch.Tensor:
+        return trigger.apply_one(images, 0) if strength is None else trigger.apply_one(images, 0, strength)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args

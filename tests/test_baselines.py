@@ -286,6 +286,7 @@ def test_variants_change_exactly_their_knob(tmp_path):
         "bibau_no_text": {"invert_towers": "image"}, "bibau_no_target": {"target_posterior": False},
         "bibau_no_prior": {"prior_type": "none"}, "bibau_additive": {"trigger_families": ["additive"]},
         "bibau_mask_only": {"trigger_families": ["mask"]}, "bibau_no_extrapolation": {"path_extrapolation": 1.0},
+        "bibau_all_families": {"trigger_families": ["mask", "warp", "additive"]},
     }
     assert set(expected) == set(baselines.VARIANTS)
     for name, changes in expected.items():

@@ -490,3 +490,29 @@ def test_warp_triggers_are_unlearned_between_their_inverted_and_warp_strength_ti
     stronger = (images[1.5] - pixels).abs().flatten(1).mean(1)
     assert (stronger >= (images[1.0] - pixels).abs().flatten(1).mean(1) - 1e-6).all()
     assert not torch.allclose(images[1.5], images[1.0])
+
+
+def test_additive_triggers_are_unlearned_between_their_inverted_and_additive_strength_times_that(tiny_model,
+                                                                                                digits_data, tmp_path):
+    from bibau_hf.inversion.image_trigger import AdditiveTrigger
+
+    data = small_clean_set(digits_data, 16)
+    additive = AdditiveTrigger(1, (32, 32), epsilon=0.05, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        additive.raw.normal_(generator=torch.Generator().manual_seed(1))
+    delta = additive.delta()[0]
+    # Mid-grey images: no clamping, so each row's added signal is exactly strength × δ.
+    pixels = torch.full((16, 3, 32, 32), 0.5)
+    for strength in (1.0, 2.0):
+        config = make_config(tmp_path, additive_strength=strength, trigger_shift=False)
+        trainer = BIBAUTrainer(tiny_model, config, data)
+        trainer._image_triggers = [additive]
+        added = trainer._triggered_images(pixels) - pixels
+        scale = (added * delta).flatten(1).sum(1) / (delta * delta).sum()
+        torch.testing.assert_close(added, scale.view(-1, 1, 1, 1) * delta, atol=1e-5, rtol=0)
+        if strength == 1.0:
+            torch.testing.assert_close(scale, torch.ones(16))
+        else:
+            assert (scale >= 1 - 1e-5).all() and (scale <= 2 + 1e-5).all() and scale.std() > 0.05
+    with pytest.raises(BIBAUError, match="additive_strength"):
+        make_config(tmp_path, additive_strength=0.5)

@@ -9,6 +9,8 @@ Each variant switches off one part of the method (DESIGN §3):
 - ``bibau_no_prior``: ``prior_type="none"``: no distillation to the suspect model's clean embeddings.
 - ``bibau_mask_only``: ``trigger_families=["mask"]``: the mask-and-pattern family alone (the default adds the warp).
 - ``bibau_additive``: ``trigger_families=["additive"]``: the L∞ additive family alone.
+- ``bibau_all_families``: ``trigger_families=["mask", "warp", "additive"]``: the additive family as well (not an
+  ablation but an extension: it expresses global signals such as SIG).
 - ``bibau_no_extrapolation``: ``path_extrapolation=1``: rounds start where the last one ended, with no step further
   from the suspect model.
 
@@ -36,6 +38,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bibau_mask_only": {"trigger_families": ["mask"]},
     "bibau_additive": {"trigger_families": ["additive"]},
     "bibau_no_extrapolation": {"path_extrapolation": 1.0},
+    "bibau_all_families": {"trigger_families": ["mask", "warp", "additive"]},
 }
 """BIBAUConfig overrides per variant (on top of the benchmark's shared config)."""
 

@@ -136,8 +136,12 @@ class AdditiveTrigger(ImageTriggerFamily):
     def size(self) -> torch.Tensor:
         return self.delta().abs().flatten(1).mean(1).detach()
 
-    def apply_one(self, images: torch.Tensor, index: int) -> torch.Tensor:
-        return (images + self.delta()[index].to(images.device)).clamp(0, 1)
+    def apply_one(self, images: torch.Tensor, index: int, strength: torch.Tensor | None = None) -> torch.Tensor:
+        """Add candidate ``index``'s δ to ``images``; ``strength`` ``[B]`` scales each image's δ."""
+        delta = self.delta()[index].to(images.device)
+        if strength is not None:
+            delta = strength.view(-1, 1, 1, 1).to(delta) * delta
+        return (images + delta).clamp(0, 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return (images.unsqueeze(0) + self.delta().unsqueeze(1).to(images.device)).clamp(0, 1)
