@@ -475,7 +475,8 @@ class BIBAUTrainer(Trainer):
         With ``trigger_shift`` a mask or additive trigger is also moved, for three rows in four, by a random whole
         number of the vision tower's patches: a ViT applies the same patch embedding everywhere, so a patch backdoor
         fires in other grid cells too, and the inversion finds it in whichever cell the optimiser reached first;
-        unlearning it in every cell covers the cell the attacker used. A warp varies in strength instead.
+        unlearning it in every cell covers the cell the attacker used. A warp varies in strength instead, and an
+        additive trigger in amplitude too (``warp_strength``, ``additive_strength``).
         """
         if not self._image_triggers or self.args.trigger_image_weight == 0:
             return None
