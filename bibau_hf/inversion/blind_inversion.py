@@ -78,6 +78,11 @@ class InversionConfig:
     progress: bool = True
 
 
+def family_key(modality: str, family: str) -> str:
+    """``"modality/family"``, e.g. ``"image/warp"``: how targets, gates and reports name a trigger family."""
+    return f"{modality}/{family}"
+
+
 @dataclass
 class InvertedTrigger:
     """One family's E-step outcome: the inverted trigger for the suspected target, and its statistics."""
@@ -104,8 +109,8 @@ class InvertedTrigger:
 
     @property
     def key(self) -> str:
-        """``"modality/family"``, e.g. ``"image/warp"``: how targets, gates and reports name a trigger family."""
-        return f"{self.modality}/{self.family}"
+        """This trigger's family name (:func:`family_key`)."""
+        return family_key(self.modality, self.family)
 
     def trigger_for(self, concept: str):
         """The sweep's trigger toward ``concept`` (a single-candidate family), or ``None`` if it was not swept."""
@@ -238,7 +243,7 @@ class _Side:
 
     def __init__(self, inverter: BlindInverter, modality: str, family: str) -> None:
         self.inv, self.modality, self.family = inverter, modality, family
-        self.key = f"{modality}/{family}"
+        self.key = family_key(modality, family)
         cfg = inverter.config
         if modality == "image":
             self.weight = {"mask": cfg.mask_l1_weight, "warp": cfg.warp_weight}.get(family, cfg.additive_weight)
@@ -329,14 +334,14 @@ class BlindInverter:
             self.concept_emb = concept_embeddings(self.adapter, self.candidates, self.templates)
             image_targets = self.concept_emb
             natural = self._natural_similarity()
-            previous_by_family = {(t.modality, t.family): t for t in previous or []}
+            previous_by_family = {t.key: t for t in previous or []}
             sides = [(_Side(self, "image", f), image_targets) for f in cfg.image_families if cfg.invert_image]
             if cfg.invert_text:
                 self.text_targets = self._image_prototypes()
                 sides.append((_Side(self, "text", "soft_tokens"), self.text_targets))
             results = []
             for i, (side, targets) in enumerate(sides):
-                before = previous_by_family.get((side.modality, side.family))
+                before = previous_by_family.get(side.key)
                 if focus is None:
                     results.append(self._invert(side, targets, 100 * (i + 1), before))
                 elif side.key in focus:

@@ -113,7 +113,7 @@ def save_trigger_artifacts(
         if result is None or (phase == "after" and result is scan_before):
             continue
         for found in result.triggers:
-            prefix = f"{phase}/{found.modality}/{found.family}"
+            prefix = f"{phase}/{found.key}"
             values, info = _trigger_tensors(found, adapter, example)
             tensors.update({f"{prefix}/{name}": value for name, value in values.items()})
             entries.append({
