@@ -10,7 +10,7 @@ import torch
 from transformers import TrainingArguments
 
 from .errors import BIBAUError
-from .inversion import IMAGE_FAMILIES, IMAGE_THRESHOLD, TEXT_THRESHOLD, InversionConfig
+from .inversion import CONFIDENCE_GAP_THRESHOLD, IMAGE_FAMILIES, IMAGE_THRESHOLD, TEXT_THRESHOLD, InversionConfig
 
 TOWERS = ("both", "image", "text")
 PRIORS = ("distill", "l2", "none")
@@ -62,10 +62,10 @@ class BIBAUConfig(TrainingArguments):
     unlearn_threshold: float = field(
         default=IMAGE_THRESHOLD,
         metadata={
-            "help": "Unlearn the image tower's inverted trigger only if its anomaly score reaches this level (a clean "
-            "tower's triggers are natural shortcuts; unlearning one cost up to 2.2 points of accuracy). Set below "
-            "the usual outlier level of 2 because a missed backdoor costs more than that: two planted models scored "
-            "1.53 and 1.93, clean ones 1.22-3.13 (docs/METHOD_NOTES.md). 0 always unlearns."
+            "help": "Unlearn the image tower's inverted trigger only if its anomaly score reaches this level (and "
+            "its confidence gap passes confidence_gap_threshold): a clean tower's triggers are natural shortcuts, "
+            "and unlearning one cost up to 2.2 points of accuracy. Set below the usual outlier level of 2 because a "
+            "missed backdoor costs more than that (docs/METHOD_NOTES.md). 0 always unlearns."
         },
     )
     text_unlearn_threshold: float = field(
@@ -73,6 +73,15 @@ class BIBAUConfig(TrainingArguments):
         metadata={
             "help": "The same gate for the text tower. Its score comes from an exact search over real tokens and is "
             "on another scale: rare-word backdoors scored 26.7-36.5, other text towers 0.8-4.2. 0 always unlearns."
+        },
+    )
+    confidence_gap_threshold: float = field(
+        default=CONFIDENCE_GAP_THRESHOLD,
+        metadata={
+            "help": "A second gate for image families: unlearn only if the inverted trigger's images match the "
+            "target concept within this much cosine of the target's own clean images. Planted triggers came within "
+            "0.105; the warp family's natural shortcuts mostly stayed 0.15 or more short (docs/METHOD_NOTES.md). 2 "
+            "turns the gate off."
         },
     )
     target_posterior: bool = field(
@@ -227,7 +236,10 @@ class BIBAUConfig(TrainingArguments):
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(
         default_factory=list,
-        metadata={"help": "Modules to adapt; default per backend (HF: q_proj, v_proj; open_clip: c_fc, c_proj)."},
+        metadata={
+            "help": "Modules to adapt; default per backend (HF: every linear layer of attention and MLP; open_clip: "
+            "c_fc, c_proj)."
+        },
     )
     keep_lora_adapter: bool = field(
         default=False, metadata={"help": "Also save the LoRA adapter (lora_adapter/) next to the merged model."}
@@ -237,7 +249,13 @@ class BIBAUConfig(TrainingArguments):
     )
     # ---------------------------------------------------------------------- TrainingArguments defaults we change
     output_dir: str | None = field(default="outputs/bibau_clean", metadata={"help": "Where the purified model goes."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the M-step."})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the M-step. Default 1e-4, or 1e-3 with use_lora (a rank-8 adapter at 1e-4 "
+            "barely moves in the step budget)."
+        },
+    )
     max_steps: int = field(
         default=300,
         metadata={
@@ -266,6 +284,8 @@ class BIBAUConfig(TrainingArguments):
             # process of `accelerate launch --multi_gpu --num_processes 2` would silently train alone.
             logger.info("several processes and no accelerator: running on the CPU over gloo (use_cpu=True)")
             self.use_cpu = True
+        if self.learning_rate is None:
+            self.learning_rate = 1e-3 if self.use_lora else 1e-4
         super().__post_init__()
         if self.em_rounds < 1:
             raise BIBAUError(f"em_rounds must be >= 1, got {self.em_rounds}")
@@ -285,9 +305,9 @@ class BIBAUConfig(TrainingArguments):
             raise BIBAUError("inversion_batch_size must be >= 2 (collapse is measured between images)")
         if not 0 < self.additive_epsilon <= 1:
             raise BIBAUError(f"additive_epsilon must be in (0, 1], got {self.additive_epsilon}")
-        for name in ("unlearn_threshold", "text_unlearn_threshold", "mask_l1_weight", "warp_weight", "clean_weight",
-                     "trigger_image_weight", "trigger_text_weight", "invariance_weight", "push_weight", "prior_weight",
-                     "posterior_temperature", "soft_token_norm_weight"):
+        for name in ("unlearn_threshold", "text_unlearn_threshold", "confidence_gap_threshold", "mask_l1_weight",
+                     "warp_weight", "clean_weight", "trigger_image_weight", "trigger_text_weight", "invariance_weight",
+                     "push_weight", "prior_weight", "posterior_temperature", "soft_token_norm_weight"):
             if getattr(self, name) < 0:
                 raise BIBAUError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.path_extrapolation < 1:

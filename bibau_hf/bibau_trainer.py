@@ -66,6 +66,14 @@ logger = logging.getLogger(__name__)
 REPORT_FILE = "unlearning_report.json"
 SIMILARITY_IMAGES = 256
 TRAINER_STATE_FILE = "trainer_state.json"
+# Every linear layer of attention and MLP on HF: with q and v only, a rank-8 adapter left WaNet at 12 % and SIG at
+# 15 %, and the retuning attack re-linked BadNets at 64 % (docs/METHOD_NOTES.md §16). open_clip's attention is
+# torch's nn.MultiheadAttention, whose forward reads its projection weights directly rather than calling them as
+# layers, so a LoRA layer wrapped around them would not act; only its MLP is adapted.
+DEFAULT_LORA_TARGETS = {
+    "hf": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "open_clip": ["c_fc", "c_proj"],
+}
 Evaluator = Callable[[ContrastiveAdapter], dict[str, float]]
 
 
@@ -222,7 +230,8 @@ class BIBAUTrainer(Trainer):
         self.trace: list[dict[str, Any]] = []
         self.report: dict[str, Any] = {}
         self._round = -1
-        self._targets: dict[str, tuple[float, str]] = {}  # "modality/family" -> (round-0 score, its target)
+        # "modality/family" -> (round-0 score, its target, its confidence gap)
+        self._targets: dict[str, tuple[float, str, float]] = {}
         self._image_triggers: list = []
         self._soft_tokens: torch.Tensor | None = None
         self._trigger_word_ids: torch.Tensor | None = None  # the soft tokens' vocabulary ids, when they are words
@@ -238,9 +247,7 @@ class BIBAUTrainer(Trainer):
     def _attach_lora(self, adapter: ContrastiveAdapter, args: BIBAUConfig) -> None:
         from peft import LoraConfig, get_peft_model
 
-        targets = args.lora_target_modules or (
-            ["q_proj", "v_proj"] if adapter.backend == "hf" else ["c_fc", "c_proj"]
-        )
+        targets = args.lora_target_modules or DEFAULT_LORA_TARGETS[adapter.backend]
         config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                             target_modules=targets)
         try:
@@ -302,7 +309,8 @@ class BIBAUTrainer(Trainer):
         self._trigger_word_ids = self._vocabulary_ids(self._soft_tokens) if self.args.text_trigger_as_word else None
         tracked = self._tracked_score(result)
         entry = {"round": round_index, "step": self.state.global_step, **result.to_dict(),
-                 "tracked_targets": {key: t for key, (_, t) in self._targets.items()},
+                 "tracked_targets": {key: t for key, (_, t, _) in self._targets.items()},
+                 "unlearned_targets": {key: t for key in self._targets if (t := self._unlearning_target(key))},
                  "tracked_score": round(tracked, 3)}
         if self._trigger_word_ids is not None:
             entry["unlearned_trigger_words"] = decode_token_ids(self.adapter, [self._trigger_word_ids.tolist()])[0]
@@ -412,16 +420,21 @@ class BIBAUTrainer(Trainer):
     def _set_targets(self, result: ScanResult) -> None:
         """Per trigger family, the MAP latent target of the suspect model's scan and its anomaly score."""
         for trig in result.triggers:
-            self._targets[trig.key] = (trig.score, trig.suspected_target)
+            self._targets[trig.key] = (trig.score, trig.suspected_target, trig.confidence_gap)
         self._targets = broadcast_from_main(self._targets)
 
     def _unlearning_target(self, key: str) -> str | None:
         """The family's (``"modality/family"``) round-0 target, if its anomaly reached its tower's unlearning
-        threshold (else nothing to unlearn there: inverting a clean tower only finds natural shortcuts, and
-        unlearning those costs accuracy)."""
-        score, target = self._targets.get(key, (0.0, None))
-        threshold = self.args.text_unlearn_threshold if key.startswith("text/") else self.args.unlearn_threshold
-        return target if score >= threshold else None
+        threshold and, for an image family, its confidence gap passed ``confidence_gap_threshold`` (else nothing to
+        unlearn there: inverting a clean tower only finds natural shortcuts, and unlearning those costs accuracy)."""
+        score, target, gap = self._targets.get(key, (0.0, None, math.nan))
+        if key.startswith("text/"):
+            return target if score >= self.args.text_unlearn_threshold else None
+        # An image trigger must also carry its images onto the target as firmly as the target's own images lie
+        # there: a natural shortcut crosses the score gate too, but only reaches the target's border. A NaN gap
+        # (no clean image of the target to compare with) does not veto.
+        confident = not gap > self.args.confidence_gap_threshold
+        return target if score >= self.args.unlearn_threshold and confident else None
 
     def _tracked_score(self, result: ScanResult) -> float:
         """How anomalous the tracked targets still are on the current model (the early-stop criterion)."""
@@ -440,8 +453,11 @@ class BIBAUTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         round_index = self.state.global_step // self._rounds_length()
         if round_index != self._round:
-            # Only after a round this trainer ran: a run resumed mid-way was extrapolated before its checkpoint.
-            if self._round >= 0 and self.args.path_extrapolation != 1:
+            # Only after a round this trainer ran (a run resumed mid-way was extrapolated before its checkpoint),
+            # and only if that round unlearned something: else its path is clean fine-tuning drift, and stepping
+            # further along it cost 2.6 CA points on a model whose families were all under their gates.
+            unlearned = bool(self._image_triggers) or self._soft_tokens is not None
+            if self._round >= 0 and self.args.path_extrapolation != 1 and unlearned:
                 self._extrapolate(self.args.path_extrapolation)
             self._round = round_index
             self._e_step(round_index)

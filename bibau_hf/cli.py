@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,7 +72,7 @@ _RECIPES: dict[str, Callable[[Sequence[str]], Any]] = {"clean": clean_command, "
 
 # ------------------------------------------------------------------------------------------------ scan
 def _add_scan_parser(commands: argparse._SubParsersAction) -> None:
-    from .inversion import IMAGE_FAMILIES, IMAGE_THRESHOLD, TEXT_THRESHOLD, InversionConfig
+    from .inversion import CONFIDENCE_GAP_THRESHOLD, IMAGE_FAMILIES, IMAGE_THRESHOLD, TEXT_THRESHOLD, InversionConfig
 
     defaults = InversionConfig()
     parser = commands.add_parser(
@@ -118,6 +119,9 @@ def _add_scan_parser(commands: argparse._SubParsersAction) -> None:
                         help="an image trigger family at or above this score means 'backdoor suspected'")
     output.add_argument("--text_threshold", type=float, default=TEXT_THRESHOLD,
                         help="the same for the text family (its score is on another scale: an exact token search)")
+    output.add_argument("--confidence_gap", type=float, default=CONFIDENCE_GAP_THRESHOLD,
+                        help="an image family is flagged only if its trigger's images match the target within this "
+                        "cosine of the target's own images (a natural shortcut stays further; 2 turns this off)")
     output.add_argument("--top_k", type=int, default=5, help="posterior entries to show")
     output.add_argument("--format", choices=("table", "json"), default="table", help="what to print on stdout")
     output.add_argument("--json", dest="json_path", metavar="PATH", default=None,
@@ -131,17 +135,21 @@ def _top(posterior: dict[str, float], k: int) -> dict[str, float]:
 
 
 def scan_summary(
-    result: Any, *, model: str, threshold: float, text_threshold: float, top_k: int, num_clean_pairs: int
+    result: Any, *, model: str, threshold: float, text_threshold: float, confidence_gap: float, top_k: int,
+    num_clean_pairs: int,
 ) -> dict[str, Any]:
     """The JSON-ready verdict of a :class:`~bibau_hf.inversion.ScanResult`: a backdoor is suspected when any family
-    reaches its tower's threshold (``threshold`` for image families, ``text_threshold`` for the text one)."""
+    reaches its tower's threshold (``threshold`` for image families, ``text_threshold`` for the text one) and, for
+    an image family, its confidence gap is at most ``confidence_gap`` (2 never vetoes)."""
     details = result.to_dict()
     families = []
     for t in result.triggers:
         level = text_threshold if t.modality == "text" else threshold
+        gap = None if math.isnan(t.confidence_gap) else round(t.confidence_gap, 4)
         families.append({
-            "family": t.key, "score": round(t.score, 3), "threshold": level,
-            "suspected": t.score >= level, "suspected_target": t.suspected_target,
+            "family": t.key, "score": round(t.score, 3), "threshold": level, "confidence_gap": gap,
+            "suspected": t.score >= level and not (gap is not None and gap > confidence_gap),
+            "suspected_target": t.suspected_target,
             "posterior_top": _top(t.posterior, top_k),
         })
     flagged = [f for f in families if f["suspected"]]
@@ -151,7 +159,7 @@ def scan_summary(
         "model": model,
         "verdict": "backdoor suspected" if flagged else "no backdoor detected",
         "backdoor_suspected": bool(flagged),
-        "thresholds": {"image": threshold, "text": text_threshold},
+        "thresholds": {"image": threshold, "text": text_threshold, "confidence_gap": confidence_gap},
         "flagged_families": [f["family"] for f in flagged],
         "backdoor_score": details["backdoor_score"],
         "suspected_target": lead["suspected_target"] if lead else details["suspected_target"],
@@ -171,9 +179,11 @@ def format_scan(summary: dict[str, Any]) -> str:
     """The human-readable table of :func:`scan_summary`."""
     verdict = summary["verdict"].upper() if summary["backdoor_suspected"] else summary["verdict"]
     levels = summary["thresholds"]
+    gap = levels.get("confidence_gap", 2.0)
     flagged = (", ".join(summary["flagged_families"]) + " at or above their tower's threshold"
                if summary["flagged_families"] else
-               f"every family below its tower's threshold: image {levels['image']:g}, text {levels['text']:g}")
+               f"no family at or above its tower's threshold (image {levels['image']:g}, text {levels['text']:g}) "
+               f"with an image confidence gap of at most {gap:g}")
     posterior = ", ".join(f"{c} {p:.3f}" for c, p in summary["posterior_top"].items()) or "-"
     lines = [
         f"model             {summary['model']}",
@@ -184,10 +194,12 @@ def format_scan(summary: dict[str, Any]) -> str:
         f"posterior top-{len(summary['posterior_top'])}   {posterior}",
         "",
     ]
-    rows = [("family", "score", "threshold", "suspected target", "posterior")]
+    rows = [("family", "score", "threshold", "confidence gap", "suspected target", "posterior")]
     for family in summary["families"]:
         target = family["suspected_target"]
-        rows.append((family["family"], f"{family['score']:.3f}", f"{family['threshold']:g}", target,
+        family_gap = family.get("confidence_gap")
+        rows.append((family["family"], f"{family['score']:.3f}", f"{family['threshold']:g}",
+                     "-" if family_gap is None else f"{family_gap:.3f}", target,
                      f"{family['posterior_top'].get(target, 0.0):.3f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -229,7 +241,8 @@ def scan_command(args: argparse.Namespace) -> dict[str, Any]:
     )
     result = scan(model, train.images, train.captions, concepts=concepts, config=config)
     summary = scan_summary(result, model=str(args.model), threshold=args.threshold,
-                           text_threshold=args.text_threshold, top_k=args.top_k, num_clean_pairs=len(train))
+                           text_threshold=args.text_threshold, top_k=args.top_k, num_clean_pairs=len(train),
+                           confidence_gap=args.confidence_gap)
     if args.json_path:
         path = Path(args.json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

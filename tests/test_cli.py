@@ -21,8 +21,8 @@ FAST_CLEAN = ["--max_clean_samples", "16", "--max_steps", "2", "--per_device_tra
               "true"]
 HELP_MENTIONS = {
     "scan": ["usage: bibau-hf scan", "model", "--dataset_name", "--max_clean_samples", "--concepts", "--invert_towers",
-             "--inversion_steps", "--score_steps", "--threshold", "--text_threshold", "--top_k", "--format", "--json",
-             "(default: 1.5)", "(default: 10.0)"],
+             "--inversion_steps", "--score_steps", "--threshold", "--text_threshold", "--confidence_gap", "--top_k",
+             "--format", "--json", "(default: 1.5)", "(default: 10.0)", "(default: 0.12)"],
     "clean": ["usage: bibau-hf clean", "--model_name_or_path", "--dataset_name", "--max_clean_samples",
               "--eval_attack", "--em_rounds", "--use_lora", "--output_dir", "--push_to_hub", "--hub_model_id",
               "--hub_private_repo", "--hub_strategy", "--config FILE.yaml"],
@@ -96,10 +96,14 @@ def test_scan_prints_a_verdict_and_writes_json(_tiny_models, tmp_path, capsys):
     result = json.loads(out)
     assert result == json.loads((tmp_path / "scan.json").read_text())
     assert result["model"] == str(model) and result["num_clean_pairs"] == 24
-    assert result["thresholds"] == {"image": 1.5, "text": 10.0}
+    assert result["thresholds"] == {"image": 1.5, "text": 10.0, "confidence_gap": 0.12}
     for family in result["families"]:  # each family against its own tower's threshold
-        assert family["threshold"] == (10.0 if family["family"].startswith("text/") else 1.5)
-        assert family["suspected"] == (family["score"] >= family["threshold"])
+        text = family["family"].startswith("text/")
+        assert family["threshold"] == (10.0 if text else 1.5)
+        gap = family["confidence_gap"]
+        assert gap is None or not text  # measured for image families only (None there: nothing to compare with)
+        confident = gap is None or gap <= 0.12
+        assert family["suspected"] == (family["score"] >= family["threshold"] and confident)
     assert result["flagged_families"] == [f["family"] for f in result["families"] if f["suspected"]]
     assert result["backdoor_suspected"] == bool(result["flagged_families"])
     assert result["verdict"] == ("backdoor suspected" if result["backdoor_suspected"] else "no backdoor detected")

@@ -153,6 +153,17 @@ def test_card_says_how_far_the_weights_were_extrapolated():
     assert "times as far from the original" not in render_model_card(report).text
 
 
+def test_card_says_per_family_whether_it_was_unlearned_and_its_confidence_gap():
+    report = hand_report()
+    text = render_model_card(report).text
+    assert "image/mask → zero (score 6.107)" in text  # a report from before the confidence gate: no such facts
+    report["scan_before"]["triggers"][0]["confidence_gap"] = 0.012
+    report["rounds"][0]["unlearned_targets"] = {"image/mask": "zero"}
+    text = render_model_card(report).text
+    assert "image/mask → zero (score 6.107, confidence gap 0.012, unlearned)" in text
+    assert "text/soft_tokens → one (score 0.800, not unlearned)" in text
+
+
 def test_card_of_a_bare_run_skips_what_is_missing(tmp_path):
     # Trainer used directly: no evaluator, no text tower, no final scan, no command, local base model.
     report = hand_report(base_model=str(tmp_path), dataset=None, eval_attack=None, command=None, completeness=None,

@@ -20,7 +20,7 @@ from bibau_hf.models import load_adapter
 FAST = dict(
     inversion_steps=5, score_steps=40, inversion_batch_size=16, inversion_restarts=1, disable_tqdm=True,
     logging_steps=1000, report_to="none", seed=0, final_scan=False, unlearn_threshold=0.0,
-    text_unlearn_threshold=0.0, max_steps=-1,
+    text_unlearn_threshold=0.0, confidence_gap_threshold=2.0, max_steps=-1,
 )
 
 
@@ -56,6 +56,20 @@ def test_config_rejects_bad_values(tmp_path):
         make_config(tmp_path, warp_strength=0.5)
     with pytest.raises(BIBAUError, match="path_extrapolation"):
         make_config(tmp_path, path_extrapolation=0.5)
+
+
+def test_learning_rate_default_depends_on_lora(tmp_path):
+    assert make_config(tmp_path).learning_rate == 1e-4
+    assert make_config(tmp_path, use_lora=True).learning_rate == 1e-3
+    assert make_config(tmp_path, use_lora=True, learning_rate=5e-4).learning_rate == 5e-4
+
+
+def test_lora_default_targets_attention_and_mlp_on_hf_and_the_mlp_on_open_clip(tiny_model, digits_data, tmp_path):
+    BIBAUTrainer(tiny_model, make_config(tmp_path, use_lora=True), small_clean_set(digits_data, 32))
+    adapted = {n.split(".")[-1] for n, m in tiny_model.model.named_modules() if hasattr(m, "lora_A")}
+    expected = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"} if tiny_model.backend == "hf" else {
+        "c_fc", "c_proj"}
+    assert adapted == expected
 
 
 def test_every_loss_term_is_computed_and_logged(tiny_model, digits_data, tmp_path):
@@ -206,13 +220,21 @@ def test_extrapolation_happens_as_each_round_after_the_first_begins(tiny_model, 
     config = make_config(tmp_path, max_steps=3, em_rounds=3, path_extrapolation=1.0, overwrite_output_dir=True)
     CountingTrainer(tiny_model, config, data).train()
     assert calls == []
+    # Nothing unlearned (every family under its gate): the path is plain clean fine-tuning, not extrapolated.
+    config = make_config(tmp_path, max_steps=3, em_rounds=3, unlearn_threshold=1e9, text_unlearn_threshold=1e9,
+                         overwrite_output_dir=True)
+    CountingTrainer(tiny_model, config, data).train()
+    assert calls == []
 
 
-def test_push_term_ignores_images_already_matching_the_target(tiny_model, digits_data, tmp_path):
-    # The push is relative to the own caption: an image whose own caption is the target concept costs nothing.
+def test_push_term_ignores_images_already_matching_the_target():
+    # The push is relative to the own caption: an image whose own caption is the target concept costs nothing. The
+    # same expression as compute_loss's (a matmul on one side would differ from it by rounding).
+    torch.manual_seed(0)
     direction = torch.nn.functional.normalize(torch.randn(32), dim=-1)
-    trig = direction.unsqueeze(0).repeat(4, 1)
-    gap = trig @ direction - (trig * direction.unsqueeze(0)).sum(-1)
+    trig = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
+    directions, texts = direction.repeat(4, 1), direction.repeat(4, 1)
+    gap = (trig * directions).sum(-1) - (trig * texts).sum(-1)
     assert torch.relu(gap).sum() == 0
 
 
@@ -369,12 +391,41 @@ def test_text_search_never_returns_a_class_name_as_trigger(tiny_model, digits_da
 def test_each_tower_is_gated_by_its_own_unlearning_threshold(tiny_model, digits_data, tmp_path):
     config = make_config(tmp_path, unlearn_threshold=1.5, text_unlearn_threshold=10.0)
     trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
-    trainer._targets = {"image/mask": (1.6, "zero"), "image/warp": (1.2, "two"), "text/soft_tokens": (5.0, "one")}
+    nan = float("nan")
+    trainer._targets = {"image/mask": (1.6, "zero", 0.0), "image/warp": (1.2, "two", 0.0),
+                        "text/soft_tokens": (5.0, "one", nan)}
     assert trainer._unlearning_target("image/mask") == "zero"
     assert trainer._unlearning_target("image/warp") is None
     assert trainer._unlearning_target("text/soft_tokens") is None  # 5 is a natural text-side score
-    trainer._targets["text/soft_tokens"] = (12.0, "one")
+    trainer._targets["text/soft_tokens"] = (12.0, "one", nan)
     assert trainer._unlearning_target("text/soft_tokens") == "one"
+
+
+def test_image_family_whose_trigger_only_reaches_the_targets_border_is_not_unlearned(tiny_model, digits_data,
+                                                                                     tmp_path):
+    config = make_config(tmp_path, unlearn_threshold=1.5, confidence_gap_threshold=0.075)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    trainer._targets = {"image/mask": (5.0, "zero", 0.01), "image/warp": (5.0, "one", 0.2),
+                        "image/additive": (5.0, "two", float("nan"))}
+    assert trainer._unlearning_target("image/mask") == "zero"
+    assert trainer._unlearning_target("image/warp") is None  # a natural shortcut: high score, far from the target
+    assert trainer._unlearning_target("image/additive") == "two"  # nothing to compare with: the score decides
+
+
+def test_confidence_gap_is_small_for_the_planted_patch_and_large_for_a_natural_warp(planted_badnets, digits_data):
+    """The planted patch carries images onto its target as firmly as the target's own images lie there; the warp
+    family's cheapest concept on the same model is a natural shortcut that only reaches its target's border."""
+    from bibau_hf.inversion import CONFIDENCE_GAP_THRESHOLD, InversionConfig, scan
+
+    folder, _ = planted_badnets
+    train, test = digits_data
+    clean = train.take_fraction(0.05, seed=0)
+    config = InversionConfig(progress=False, invert_text=False, image_families=("mask", "warp"), seed=0)
+    result = scan(load_adapter(folder), clean.images, clean.captions, concepts=test.class_names, config=config)
+    mask, warp = result.image_triggers()
+    assert mask.suspected_target == "zero" and mask.confidence_gap < CONFIDENCE_GAP_THRESHOLD
+    assert warp.suspected_target != "zero" and warp.confidence_gap > CONFIDENCE_GAP_THRESHOLD
+    assert mask.summary()["confidence_gap"] == round(mask.confidence_gap, 4)
 
 
 def test_warp_trigger_starts_near_identity_is_bounded_and_differentiable():

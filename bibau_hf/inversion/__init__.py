@@ -1,6 +1,7 @@
 """The E-step: blind inversion of image/text triggers, target posterior, backdoor score, and ``scan``."""
 
 from .blind_inversion import (
+    CONFIDENCE_GAP_THRESHOLD,
     IMAGE_THRESHOLD,
     TEXT_THRESHOLD,
     BlindInverter,
@@ -21,6 +22,7 @@ from .text_trigger import SoftTokenTrigger
 
 __all__ = [
     "IMAGE_FAMILIES",
+    "CONFIDENCE_GAP_THRESHOLD",
     "IMAGE_THRESHOLD",
     "TEXT_THRESHOLD",
     "AdditiveTrigger",

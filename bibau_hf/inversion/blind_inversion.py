@@ -45,6 +45,12 @@ TEXT_SWEEP_BATCH = 64
 # separates by a wide margin, the image score does not, and a missed image backdoor costs more than a false alarm.
 IMAGE_THRESHOLD = 1.5
 TEXT_THRESHOLD = 10.0
+# An image family is unlearned only if its trigger's images match the target concept nearly as closely as the
+# concept's own clean images do (docs/METHOD_NOTES.md §18). Over 36 scans of the digits lab the planted triggers
+# came within 0.105 of cosine; the warp family's natural shortcuts (a squeezed digit read as "one") mostly stayed
+# 0.15 or more short of it.
+CONFIDENCE_GAP_THRESHOLD = 0.12
+CONFIDENCE_IMAGES = 512
 # A word joins a text trigger phrase only if it cuts the remaining loss toward the target at least by this factor.
 WORD_GAIN = 0.5
 DEFAULT_CONCEPT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image of a {}.", "{}")
@@ -101,6 +107,7 @@ class InvertedTrigger:
     details: dict[str, Any]
     log_cost_median: float = 0.0
     log_cost_mad: float = 1.0
+    confidence_gap: float = float("nan")
     focused: bool = False
     sweep: Any = field(default=None, repr=False)
     sweep_candidates: list[int] = field(default_factory=list, repr=False)
@@ -133,6 +140,7 @@ class InvertedTrigger:
             "focused": self.focused,
             "collapse": None if math.isnan(self.collapse) else round(self.collapse, 4),
             "collapse_target": self.collapse_target,
+            "confidence_gap": None if math.isnan(self.confidence_gap) else round(self.confidence_gap, 4),
             **self.details,
         }
 
@@ -429,7 +437,32 @@ class BlindInverter:
             sweep, objectives = self._token_sweep(targets, subset, sampler)
         else:
             sweep, objectives = self._continuous_sweep(side, targets, subset, sampler, generator, previous)
-        return self._result(side, sweep, subset, objectives, collapse, collapse_posterior)
+        result = self._result(side, sweep, subset, objectives, collapse, collapse_posterior)
+        if side.modality == "image":
+            result.confidence_gap = self._confidence_gap(result)
+        return result
+
+    @torch.no_grad()
+    def _confidence_gap(self, inverted: InvertedTrigger) -> float:
+        """How much less closely the trigger's images match the suspected target than the target's own images do.
+
+        Mean cosine to the target concept of the clean images zero-shot assigned to it, minus that of the other
+        images with the trigger applied. A backdoor maps triggered images onto its target as firmly as the
+        target's natural images (the gap is near 0); a natural shortcut reaches the target only at its border. NaN
+        when no clean image, or every one, is assigned to the target (nothing to compare with).
+        """
+        k = self.candidates.index(inverted.suspected_target)
+        generator = torch.Generator().manual_seed(self.config.seed)
+        rows = torch.randperm(len(self.images), generator=generator)[:CONFIDENCE_IMAGES]
+        images = self.images[rows].float().to(self.adapter.device) / 255
+        emb = torch.cat([self.adapter.encode_image(chunk) for chunk in images.split(256)])
+        own = (emb @ self.concept_emb.t()).argmax(-1) == k
+        if not own.any() or own.all():
+            return float("nan")
+        triggered = torch.cat([self.adapter.encode_image(inverted.trigger.apply_one(chunk, 0))
+                               for chunk in images[~own].split(256)])
+        target = self.concept_emb[k]
+        return float((emb[own] @ target).mean() - (triggered @ target).mean())
 
     def _invert_toward(
         self, side: _Side, targets: torch.Tensor, offset: int, previous: InvertedTrigger | None, concept: str

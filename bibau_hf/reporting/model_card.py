@@ -257,9 +257,7 @@ def _target_text(report: dict[str, Any]) -> str:
     if others:
         text += " Next candidates: " + ", ".join(f"{k} ({v:.3f})" for k, v in others.items()) + "."
     if len(before.get("triggers", [])) > 1:
-        text += " Per trigger family: " + "; ".join(
-            f"{t['modality']}/{t['family']} → {t['suspected_target']} (score {t['score']:.3f})"
-            for t in before["triggers"]) + "."
+        text += " Per trigger family: " + "; ".join(_family_text(t, report) for t in before["triggers"]) + "."
     if after:
         threshold = _tower_threshold(report, after.get("strongest_family") or "image/")
         level = "below" if after["backdoor_score"] < threshold else "still at or above"
@@ -271,6 +269,18 @@ def _target_text(report: dict[str, Any]) -> str:
         moved = after["suspected_target"] != before["suspected_target"]
         text += f", no longer {before['suspected_target']}." if moved else "."
     return text
+
+
+def _family_text(trigger: dict[str, Any], report: dict[str, Any]) -> str:
+    """One family's round-0 finding: target, score, confidence gap, and whether the run unlearned it."""
+    key = f"{trigger['modality']}/{trigger['family']}"
+    facts = [f"score {trigger['score']:.3f}"]
+    if trigger.get("confidence_gap") is not None:
+        facts.append(f"confidence gap {trigger['confidence_gap']:.3f}")
+    rounds = report.get("rounds") or []
+    if rounds and "unlearned_targets" in rounds[0]:
+        facts.append("unlearned" if key in rounds[0]["unlearned_targets"] else "not unlearned")
+    return f"{key} → {trigger['suspected_target']} ({', '.join(facts)})"
 
 
 def _tower_threshold(report: dict[str, Any], family: str) -> float:
