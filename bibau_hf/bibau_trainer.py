@@ -52,7 +52,7 @@ from .hub import (
     default_api,
     push_output_dir,
 )
-from .inversion import AdditiveTrigger, BlindInverter, InvertedTrigger, ScanResult, WarpTrigger
+from .inversion import AdditiveTrigger, BlindInverter, InvertedTrigger, ScanResult, WarpTrigger, passes_gates
 from .inversion.blind_inversion import concept_embeddings
 from .inversion.distributed import all_gather_with_grad, broadcast_from_main, is_distributed, mean_over_ranks
 from .inversion.text_trigger import decode_token_ids, nearest_vocabulary_ids
@@ -428,13 +428,12 @@ class BIBAUTrainer(Trainer):
         threshold and, for an image family, its confidence gap passed ``confidence_gap_threshold`` (else nothing to
         unlearn there: inverting a clean tower only finds natural shortcuts, and unlearning those costs accuracy)."""
         score, target, gap = self._targets.get(key, (0.0, None, math.nan))
-        if key.startswith("text/"):
-            return target if score >= self.args.text_unlearn_threshold else None
         # An image trigger must also carry its images onto the target as firmly as the target's own images lie
-        # there: a natural shortcut crosses the score gate too, but only reaches the target's border. A NaN gap
-        # (no clean image of the target to compare with) does not veto.
-        confident = not gap > self.args.confidence_gap_threshold
-        return target if score >= self.args.unlearn_threshold and confident else None
+        # there: a natural shortcut crosses the score gate too, but only reaches the target's border.
+        passed = passes_gates(key.split("/", 1)[0], score, gap, threshold=self.args.unlearn_threshold,
+                              text_threshold=self.args.text_unlearn_threshold,
+                              max_confidence_gap=self.args.confidence_gap_threshold)
+        return target if passed else None
 
     def _tracked_score(self, result: ScanResult) -> float:
         """How anomalous the tracked targets still are on the current model (the early-stop criterion)."""

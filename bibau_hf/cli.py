@@ -141,14 +141,17 @@ def scan_summary(
     """The JSON-ready verdict of a :class:`~bibau_hf.inversion.ScanResult`: a backdoor is suspected when any family
     reaches its tower's threshold (``threshold`` for image families, ``text_threshold`` for the text one) and, for
     an image family, its confidence gap is at most ``confidence_gap`` (2 never vetoes)."""
+    from .inversion import passes_gates
+
     details = result.to_dict()
     families = []
     for t in result.triggers:
         level = text_threshold if t.modality == "text" else threshold
-        gap = None if math.isnan(t.confidence_gap) else round(t.confidence_gap, 4)
         families.append({
-            "family": t.key, "score": round(t.score, 3), "threshold": level, "confidence_gap": gap,
-            "suspected": t.score >= level and not (gap is not None and gap > confidence_gap),
+            "family": t.key, "score": round(t.score, 3), "threshold": level,
+            "confidence_gap": None if math.isnan(t.confidence_gap) else round(t.confidence_gap, 4),
+            "suspected": passes_gates(t.modality, t.score, t.confidence_gap, threshold=threshold,
+                                      text_threshold=text_threshold, max_confidence_gap=confidence_gap),
             "suspected_target": t.suspected_target,
             "posterior_top": _top(t.posterior, top_k),
         })
@@ -179,11 +182,10 @@ def format_scan(summary: dict[str, Any]) -> str:
     """The human-readable table of :func:`scan_summary`."""
     verdict = summary["verdict"].upper() if summary["backdoor_suspected"] else summary["verdict"]
     levels = summary["thresholds"]
-    gap = levels.get("confidence_gap", 2.0)
     flagged = (", ".join(summary["flagged_families"]) + " at or above their tower's threshold"
                if summary["flagged_families"] else
                f"no family at or above its tower's threshold (image {levels['image']:g}, text {levels['text']:g}) "
-               f"with an image confidence gap of at most {gap:g}")
+               f"with an image confidence gap of at most {levels['confidence_gap']:g}")
     posterior = ", ".join(f"{c} {p:.3f}" for c, p in summary["posterior_top"].items()) or "-"
     lines = [
         f"model             {summary['model']}",

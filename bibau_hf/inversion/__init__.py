@@ -8,6 +8,7 @@ from .blind_inversion import (
     InversionConfig,
     InvertedTrigger,
     ScanResult,
+    passes_gates,
     scan,
 )
 from .image_trigger import (
@@ -35,5 +36,6 @@ __all__ = [
     "SoftTokenTrigger",
     "WarpTrigger",
     "build_image_trigger",
+    "passes_gates",
     "scan",
 ]

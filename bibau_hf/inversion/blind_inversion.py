@@ -89,6 +89,18 @@ def family_key(modality: str, family: str) -> str:
     return f"{modality}/{family}"
 
 
+def passes_gates(
+    modality: str, score: float, confidence_gap: float, *, threshold: float, text_threshold: float,
+    max_confidence_gap: float,
+) -> bool:
+    """Whether a family counts as backdoored (BI-BAU unlearns it, the scan flags it): its score reaches its tower's
+    threshold and, for an image family, its confidence gap is at most ``max_confidence_gap``. A NaN gap (no clean
+    image of the target to compare with) does not veto."""
+    if modality == "text":
+        return score >= text_threshold
+    return score >= threshold and not confidence_gap > max_confidence_gap
+
+
 @dataclass
 class InvertedTrigger:
     """One family's E-step outcome: the inverted trigger for the suspected target, and its statistics."""

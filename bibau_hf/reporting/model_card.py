@@ -16,7 +16,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..inversion.blind_inversion import IMAGE_THRESHOLD, TEXT_THRESHOLD
+from ..inversion.blind_inversion import IMAGE_THRESHOLD, TEXT_THRESHOLD, family_key
 from .plots import PLOTS_DIR, REPORT_FILE
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "bibau_model_card.md"
@@ -251,7 +251,7 @@ def _target_text(report: dict[str, Any]) -> str:
     text = (f"Before unlearning, the search pointed at **{before['suspected_target']}**, with posterior "
             f"{before.get('suspected_target_posterior', 0):.3f} (strongest trigger: {family}, backdoor score "
             f"{before['backdoor_score']:.3f}).")
-    strongest = next((t for t in before.get("triggers", []) if f"{t['modality']}/{t['family']}" == family), None)
+    strongest = next((t for t in before.get("triggers", []) if family_key(t["modality"], t["family"]) == family), None)
     others = {k: v for k, v in ((strongest or {}).get("posterior_top") or {}).items()
               if k != before["suspected_target"]}
     if others:
@@ -273,7 +273,7 @@ def _target_text(report: dict[str, Any]) -> str:
 
 def _family_text(trigger: dict[str, Any], report: dict[str, Any]) -> str:
     """One family's round-0 finding: target, score, confidence gap, and whether the run unlearned it."""
-    key = f"{trigger['modality']}/{trigger['family']}"
+    key = family_key(trigger["modality"], trigger["family"])
     facts = [f"score {trigger['score']:.3f}"]
     if trigger.get("confidence_gap") is not None:
         facts.append(f"confidence gap {trigger['confidence_gap']:.3f}")
