@@ -101,8 +101,8 @@ class BIBAUConfig(TrainingArguments):
         default_factory=lambda: ["mask", "warp"],
         metadata={
             "help": "Image trigger families to invert: mask (mask-and-pattern: patches, blends), warp (smooth "
-            "displacement fields: WaNet-like) and/or additive (L-inf). additive is off by default: on tiny models it "
-            "finds universal adversarial noise for every concept alike."
+            "displacement fields: WaNet-like) and/or additive (L-inf). additive is off by default: it finds universal "
+            "adversarial noise toward every concept alike, so its score does not separate (docs/METHOD_NOTES.md §19)."
         },
     )
     inversion_steps: int = field(default=20, metadata={"help": "Optimisation steps of each untargeted inversion."})
@@ -191,7 +191,7 @@ class BIBAUConfig(TrainingArguments):
             "many times its own (the inversion bounds it by additive_epsilon so that its score means something; the "
             "attacker's signal may be stronger). Only used with the additive family. On the CIFAR-10 SIG model "
             "(mask, warp and additive families, one run) it took the ASR left from 62 (1) to 24 (1.5) and 4.8 (2) "
-            "percent (docs/METHOD_NOTES.md, Known gaps)."
+            "percent (docs/METHOD_NOTES.md §15, §19)."
         },
     )
     batch_per_trigger: bool = field(
