@@ -360,10 +360,13 @@ class BlindInverter:
                 self.text_targets = self._image_prototypes()
                 sides.append((_Side(self, "text", "soft_tokens"), self.text_targets))
             results = []
+            clean_sample = None  # embedded once per scan, shared by the image families' confidence gaps
             for i, (side, targets) in enumerate(sides):
                 before = previous_by_family.get(side.key)
                 if focus is None:
-                    results.append(self._invert(side, targets, 100 * (i + 1), before))
+                    if side.modality == "image" and clean_sample is None:
+                        clean_sample = self._confidence_sample()
+                    results.append(self._invert(side, targets, 100 * (i + 1), before, clean_sample))
                 elif side.key in focus:
                     results.append(self._invert_toward(side, targets, 100 * (i + 1), before, focus[side.key]))
         return ScanResult(results, self.candidates, natural, time.time() - started)
@@ -421,7 +424,10 @@ class BlindInverter:
         order = torch.randperm(len(self.candidates), generator=torch.Generator().manual_seed(0)).tolist()
         return top + [i for i in order if i not in top][: k - len(top)]
 
-    def _invert(self, side: _Side, targets: torch.Tensor, offset: int, previous: InvertedTrigger | None):
+    def _invert(
+        self, side: _Side, targets: torch.Tensor, offset: int, previous: InvertedTrigger | None,
+        clean_sample: tuple[torch.Tensor, torch.Tensor] | None,
+    ):
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed + offset)
         sampler = self._sampler(offset)
@@ -451,11 +457,19 @@ class BlindInverter:
             sweep, objectives = self._continuous_sweep(side, targets, subset, sampler, generator, previous)
         result = self._result(side, sweep, subset, objectives, collapse, collapse_posterior)
         if side.modality == "image":
-            result.confidence_gap = self._confidence_gap(result)
+            result.confidence_gap = self._confidence_gap(result, clean_sample)
         return result
 
     @torch.no_grad()
-    def _confidence_gap(self, inverted: InvertedTrigger) -> float:
+    def _confidence_sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """At most ``CONFIDENCE_IMAGES`` clean images (a seeded draw) and their embeddings on the current model."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        rows = torch.randperm(len(self.images), generator=generator)[:CONFIDENCE_IMAGES]
+        images = self.images[rows].float().to(self.adapter.device) / 255
+        return images, torch.cat([self.adapter.encode_image(chunk) for chunk in images.split(256)])
+
+    @torch.no_grad()
+    def _confidence_gap(self, inverted: InvertedTrigger, clean_sample: tuple[torch.Tensor, torch.Tensor]) -> float:
         """How much less closely the trigger's images match the suspected target than the target's own images do.
 
         Mean cosine to the target concept of the clean images zero-shot assigned to it, minus that of the other
@@ -464,10 +478,7 @@ class BlindInverter:
         when no clean image, or every one, is assigned to the target (nothing to compare with).
         """
         k = self.candidates.index(inverted.suspected_target)
-        generator = torch.Generator().manual_seed(self.config.seed)
-        rows = torch.randperm(len(self.images), generator=generator)[:CONFIDENCE_IMAGES]
-        images = self.images[rows].float().to(self.adapter.device) / 255
-        emb = torch.cat([self.adapter.encode_image(chunk) for chunk in images.split(256)])
+        images, emb = clean_sample
         own = (emb @ self.concept_emb.t()).argmax(-1) == k
         if not own.any() or own.all():
             return float("nan")
