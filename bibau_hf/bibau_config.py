@@ -175,6 +175,27 @@ class BIBAUConfig(TrainingArguments):
         metadata={"help": "Also apply inverted mask and additive triggers at random offsets in the M-step (a warp "
                   "varies in strength instead, see warp_strength)."},
     )
+    patch_completion: bool = field(
+        default=False,
+        metadata={
+            "help": "Unlearn a mask trigger that a few of the vision tower's cells hold (at round 0) as those whole "
+            "cells, with the found pixels kept and the rest filled by the pattern that drives images to the target "
+            "hardest; every round's re-inversion that is still such a patch adds one, and all are unlearned in place "
+            "of the re-inverted trigger, which drifts onto the target's natural features once the patch no longer "
+            "fires. On the digits BadNets models it took CA from 94.2 to 96.1 percent (seeds 0-2) at the same ASR; "
+            "off by default because on the CIFAR-10 Blended seed-0 model, whose round-0 mask sat in a few cells, it "
+            "left 13.2 percent ASR against 2.8 (docs/METHOD_NOTES.md §21). Needs a ViT tower."
+        },
+    )
+    patch_max_cells: int = field(
+        default=4,
+        metadata={"help": "Most vision-tower cells a completed patch may cover (see patch_completion)."},
+    )
+    patch_completion_steps: int = field(
+        default=100,
+        metadata={"help": "Optimisation steps of each of patch completion's two stages (refining the mask toward the "
+                  "target on the suspect model, then fitting the pattern of the chosen cells)."},
+    )
     warp_strength: float = field(
         default=1.5,
         metadata={
@@ -298,7 +319,8 @@ class BIBAUConfig(TrainingArguments):
             raise BIBAUError("inverting the image tower needs at least one trigger family")
         if self.prior_type not in PRIORS:
             raise BIBAUError(f"prior_type must be one of {PRIORS}, got {self.prior_type!r}")
-        for name in ("inversion_steps", "inversion_batch_size", "inversion_restarts", "num_soft_tokens"):
+        for name in ("inversion_steps", "inversion_batch_size", "inversion_restarts", "num_soft_tokens",
+                     "patch_max_cells", "patch_completion_steps"):
             if getattr(self, name) < 1:
                 raise BIBAUError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.inversion_batch_size < 2:

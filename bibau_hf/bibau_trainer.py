@@ -52,7 +52,15 @@ from .hub import (
     default_api,
     push_output_dir,
 )
-from .inversion import AdditiveTrigger, BlindInverter, InvertedTrigger, ScanResult, WarpTrigger, passes_gates
+from .inversion import (
+    AdditiveTrigger,
+    BlindInverter,
+    InvertedTrigger,
+    MaskPatternTrigger,
+    ScanResult,
+    WarpTrigger,
+    passes_gates,
+)
 from .inversion.blind_inversion import concept_embeddings
 from .inversion.distributed import all_gather_with_grad, broadcast_from_main, is_distributed, mean_over_ranks
 from .inversion.text_trigger import decode_token_ids, nearest_vocabulary_ids
@@ -236,6 +244,9 @@ class BIBAUTrainer(Trainer):
         self._soft_tokens: torch.Tensor | None = None
         self._trigger_word_ids: torch.Tensor | None = None  # the soft tokens' vocabulary ids, when they are words
         self._target_directions: torch.Tensor | None = None
+        # "modality/family" -> the patches completed so far, and what this round's completion found
+        self._patches: dict[str, list[MaskPatternTrigger]] = {}
+        self._patch_info: dict[str, dict[str, Any]] = {}
         self._metrics: dict[str, list[float]] = defaultdict(list)
         # Purification (E- and M-steps) is timed apart from what only the report needs (per-round evaluation,
         # histograms, the final scan), so that its cost compares with plain fine-tuning's.
@@ -312,6 +323,8 @@ class BIBAUTrainer(Trainer):
                  "tracked_targets": {key: t for key, (_, t, _) in self._targets.items()},
                  "unlearned_targets": {key: t for key in self._targets if (t := self._unlearning_target(key))},
                  "tracked_score": round(tracked, 3)}
+        if self._patch_info:
+            entry["patch_completion"] = dict(self._patch_info)
         if self._trigger_word_ids is not None:
             entry["unlearned_trigger_words"] = decode_token_ids(self.adapter, [self._trigger_word_ids.tolist()])[0]
         started = time.time()
@@ -366,11 +379,15 @@ class BIBAUTrainer(Trainer):
         whichever family the noise favoured.
         """
         self._image_triggers, directions = [], []
+        self._patch_info = {}
         for trig in result.image_triggers():
             target = self._unlearning_target(trig.key)
             if target is not None:
-                self._image_triggers.append(trig.trigger_for(target) or trig.trigger)
-                directions.append(self.inverter.concept_emb[result.candidates.index(target)])
+                triggers = [trig.trigger_for(target) or trig.trigger]
+                if self.args.patch_completion and isinstance(triggers[0], MaskPatternTrigger):
+                    triggers = self._completed_patches(trig.key, triggers[0], target) or triggers
+                self._image_triggers.extend(triggers)
+                directions.extend([self.inverter.concept_emb[result.candidates.index(target)]] * len(triggers))
         self._target_directions = None
         if directions and self.args.push_weight > 0:
             self._target_directions = torch.stack(directions).to(self.args.device)
@@ -383,6 +400,24 @@ class BIBAUTrainer(Trainer):
             if self.args.text_trigger_as_word and self._vocabulary_ids(self._soft_tokens) is not None:
                 self._soft_tokens = self.inverter.extend_trigger_words(
                     self._soft_tokens, target, self.args.num_soft_tokens)
+
+    def _completed_patches(self, key: str, trigger: MaskPatternTrigger, target: str) -> list[MaskPatternTrigger]:
+        """The family's completed patches (METHOD_NOTES §21), unlearned in place of its re-inverted trigger.
+
+        A family is a patch if its round-0 trigger is held by a few cells. Then every round's re-inverted trigger is
+        completed on the current model where it still is a patch, and every patch completed so far is unlearned: once
+        the patch no longer fires, re-inversion drifts onto the target's natural features, and the patches found
+        before stay what is unlearned. A family that is not a patch at round 0 is never completed (a blend whose
+        later re-inversion happened to shrink into a few cells needs that re-inversion unlearned). Empty then.
+        """
+        if self._patches.get(key) == []:
+            return []
+        started = time.time()
+        patch, self._patch_info[key] = self.inverter.complete_patch(
+            trigger, target, max_cells=self.args.patch_max_cells, steps=self.args.patch_completion_steps)
+        self._timing["e_step_seconds"] += time.time() - started
+        self._patches.setdefault(key, []).extend([patch] if patch is not None else [])
+        return self._patches[key]
 
     def _unlearn_every_concept(self, result: ScanResult) -> None:
         """The no-posterior ablation: unlearn the sweep's trigger toward *every* candidate concept alike (a uniform

@@ -20,7 +20,7 @@ from bibau_hf.models import load_adapter
 FAST = dict(
     inversion_steps=5, score_steps=40, inversion_batch_size=16, inversion_restarts=1, disable_tqdm=True,
     logging_steps=1000, report_to="none", seed=0, final_scan=False, unlearn_threshold=0.0,
-    text_unlearn_threshold=0.0, confidence_gap_threshold=2.0, max_steps=-1,
+    text_unlearn_threshold=0.0, confidence_gap_threshold=2.0, max_steps=-1, patch_completion_steps=5,
 )
 
 
@@ -56,6 +56,8 @@ def test_config_rejects_bad_values(tmp_path):
         make_config(tmp_path, warp_strength=0.5)
     with pytest.raises(BIBAUError, match="path_extrapolation"):
         make_config(tmp_path, path_extrapolation=0.5)
+    with pytest.raises(BIBAUError, match="patch_max_cells"):
+        make_config(tmp_path, patch_max_cells=0)
 
 
 def test_learning_rate_default_depends_on_lora(tmp_path):
@@ -567,3 +569,55 @@ def test_additive_triggers_are_unlearned_between_their_inverted_and_additive_str
             assert (scale >= 1 - 1e-5).all() and (scale <= 2 + 1e-5).all() and scale.std() > 0.05
     with pytest.raises(BIBAUError, match="additive_strength"):
         make_config(tmp_path, additive_strength=0.5)
+
+
+def test_every_completed_patch_is_unlearned_in_place_of_the_reinverted_mask(tiny_model, digits_data, tmp_path):
+    from bibau_hf.inversion import MaskPatternTrigger
+
+    config = make_config(tmp_path, max_steps=3, em_rounds=3, invert_towers="image", trigger_families=["mask"],
+                         concept_names=digits_data[1].class_names, patch_completion=True)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    first, third = MaskPatternTrigger(1, (32, 32)), MaskPatternTrigger(1, (32, 32))
+    # Round 0 completes a patch, round 1's re-inversion has drifted off the cells, round 2 completes another.
+    answers = iter([(first, {"completed": True}), (None, {"completed": False}), (third, {"completed": True})])
+    seen = []
+
+    def complete(trigger, concept, *, max_cells, steps):
+        seen.append((trigger, concept, max_cells, steps))
+        return next(answers)
+
+    trainer.inverter.complete_patch = complete
+    trainer.train()
+    target = trainer.trace[0]["tracked_targets"]["image/mask"]
+    assert [s[1:] for s in seen] == [(target, config.patch_max_cells, config.patch_completion_steps)] * 3
+    # Each round completes that round's re-inverted trigger.
+    assert torch.equal(seen[-1][0].mask(), trainer.scans[-1].triggers[0].trigger_for(target).mask())
+    assert trainer._image_triggers == [first, third]
+    assert [e["patch_completion"]["image/mask"]["completed"] for e in trainer.trace] == [True, False, True]
+
+
+def test_a_mask_that_is_not_a_patch_at_round_0_is_never_completed(tiny_model, digits_data, tmp_path):
+    config = make_config(tmp_path, max_steps=2, em_rounds=2, invert_towers="image", trigger_families=["mask"],
+                         concept_names=digits_data[1].class_names, patch_completion=True)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    calls = []
+
+    def complete(trigger, concept, **_):
+        calls.append(concept)
+        return None, {"completed": False, "cells": 9}
+
+    trainer.inverter.complete_patch = complete
+    trainer.train()
+    assert len(calls) == 1  # round 0 only: a blend that shrinks later must keep its re-inversion unlearned
+    reinverted = trainer.scans[-1].triggers[0]
+    (unlearned,) = trainer._image_triggers
+    assert torch.equal(unlearned.mask(), reinverted.trigger_for(reinverted.suspected_target).mask())
+
+
+def test_patch_completion_is_off_by_default(tiny_model, digits_data, tmp_path):
+    config = make_config(tmp_path, max_steps=1, em_rounds=1, invert_towers="image", trigger_families=["mask"],
+                         concept_names=digits_data[1].class_names)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    trainer.inverter.complete_patch = lambda *a, **k: pytest.fail("patch completion ran although it is off")
+    trainer.train()
+    assert "patch_completion" not in trainer.trace[0]

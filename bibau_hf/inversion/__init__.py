@@ -19,6 +19,7 @@ from .image_trigger import (
     WarpTrigger,
     build_image_trigger,
 )
+from .patch_completion import complete_patch
 from .text_trigger import SoftTokenTrigger
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "SoftTokenTrigger",
     "WarpTrigger",
     "build_image_trigger",
+    "complete_patch",
     "passes_gates",
     "scan",
 ]

@@ -36,7 +36,8 @@ from ..contrastive import tokenize_all
 from ..evaluation.zero_shot import zero_shot_classifier
 from ..models.base import ContrastiveAdapter
 from .distributed import all_reduce_gradients
-from .image_trigger import build_image_trigger
+from .image_trigger import MaskPatternTrigger, build_image_trigger
+from .patch_completion import complete_patch
 from .text_trigger import SoftTokenTrigger, nearest_vocabulary_ids
 
 TEXT_SWEEP_BATCH = 64
@@ -53,6 +54,8 @@ CONFIDENCE_GAP_THRESHOLD = 0.12
 CONFIDENCE_IMAGES = 512
 # A word joins a text trigger phrase only if it cuts the remaining loss toward the target at least by this factor.
 WORD_GAIN = 0.5
+# Seed offset of the clean batches that patch completion draws (apart from the families' own).
+PATCH_COMPLETION_OFFSET = 9000
 DEFAULT_CONCEPT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image of a {}.", "{}")
 
 
@@ -385,6 +388,27 @@ class BlindInverter:
             for p, r in zip(self.adapter.parameters(), requires):
                 p.requires_grad_(r)
             self.adapter.train(was_training)
+
+    def complete_patch(
+        self, trigger: MaskPatternTrigger, concept: str, *, max_cells: int, steps: int
+    ) -> tuple[MaskPatternTrigger | None, dict[str, Any]]:
+        """:func:`~bibau_hf.inversion.patch_completion.complete_patch` on this inverter's model and clean images.
+
+        Uses the concept embeddings of this inverter's last :meth:`run` (call it on the model that run saw).
+        Returns ``(None, info)`` where the tower has no cell grid to complete (a ResNet, or cells of one pixel).
+        """
+        height, width = self.images.shape[-2:]
+        cell = round(self.adapter.patch_size * height / self.adapter.image_size)
+        if cell <= 1 or self.concept_emb is None:
+            return None, {"completed": False, "cell_pixels": cell}
+        sampler = self._sampler(PATCH_COMPLETION_OFFSET)
+        device = self.adapter.device
+        with self._frozen_model():
+            return complete_patch(
+                self.adapter.encode_image, self.adapter.logit_scale().detach(), trigger, self.concept_emb,
+                self.candidates.index(concept), lambda: sampler()[0].to(device), cell=cell, max_cells=max_cells,
+                steps=steps, mask_l1_weight=self.config.mask_l1_weight, learning_rate=self.config.learning_rate,
+            )
 
     @torch.no_grad()
     def _natural_similarity(self) -> float:
