@@ -397,8 +397,7 @@ class BlindInverter:
         Uses the concept embeddings of this inverter's last :meth:`run` (call it on the model that run saw).
         Returns ``(None, info)`` where the tower has no cell grid to complete (a ResNet, or cells of one pixel).
         """
-        height, width = self.images.shape[-2:]
-        cell = round(self.adapter.patch_size * height / self.adapter.image_size)
+        cell = round(self.adapter.patch_size * self.images.shape[-2] / self.adapter.image_size)
         if cell <= 1 or self.concept_emb is None:
             return None, {"completed": False, "cell_pixels": cell}
         sampler = self._sampler(PATCH_COMPLETION_OFFSET)
