@@ -193,8 +193,8 @@ class BIBAUConfig(TrainingArguments):
     )
     patch_completion_steps: int = field(
         default=100,
-        metadata={"help": "Optimisation steps of each of patch completion's two stages (refining the mask toward the "
-                  "target on the suspect model, then fitting the pattern of the chosen cells)."},
+        metadata={"help": "Optimisation steps of each of patch completion's two stages (refining the round's mask "
+                  "toward the target on the current model, then fitting the pattern of the chosen cells)."},
     )
     warp_strength: float = field(
         default=1.5,
