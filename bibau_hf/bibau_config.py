@@ -178,13 +178,13 @@ class BIBAUConfig(TrainingArguments):
     patch_completion: bool = field(
         default=False,
         metadata={
-            "help": "Unlearn a mask trigger that a few of the vision tower's cells hold (at round 0) as those whole "
-            "cells, with the found pixels kept and the rest filled by the pattern that drives images to the target "
-            "hardest; every round's re-inversion that is still such a patch adds one, and all are unlearned in place "
-            "of the re-inverted trigger, which drifts onto the target's natural features once the patch no longer "
-            "fires. On the digits BadNets models it took CA from 94.2 to 96.1 percent (seeds 0-2) at the same ASR; "
-            "off by default because on the CIFAR-10 Blended seed-0 model, whose round-0 mask sat in a few cells, it "
-            "left 13.2 percent ASR against 2.8 (docs/METHOD_NOTES.md §21). Needs a ViT tower."
+            "help": "Unlearn a mask trigger that a few touching cells of the vision tower hold (at round 0) as those "
+            "whole cells, with the found pixels kept and the rest filled by the pattern that drives images to the "
+            "target hardest; every round's re-inversion that is still such a patch adds one, and all are unlearned in "
+            "place of the re-inverted trigger, which drifts onto the target's natural features once the patch no "
+            "longer fires. On the digits BadNets models it took CA from 94.2 to 96.2 percent (seeds 0-2) at the same "
+            "ASR, and no measured cell lost CA (docs/METHOD_NOTES.md §21, §23); off by default until the benchmark "
+            "tables are rerun with it. Needs a ViT tower."
         },
     )
     patch_max_cells: int = field(

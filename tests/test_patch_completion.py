@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bibau_hf.inversion import BlindInverter, InversionConfig, MaskPatternTrigger
-from bibau_hf.inversion.patch_completion import cells_to_pixels, patch_cells
+from bibau_hf.inversion.patch_completion import cells_connected, cells_to_pixels, patch_cells
 from bibau_hf.models import load_adapter
 
 
@@ -24,6 +24,30 @@ def test_patch_cells_pads_an_image_that_is_not_a_whole_number_of_cells():
     cells = patch_cells(mask, 4)
     assert cells.shape == (3, 3) and cells.nonzero().tolist() == [[2, 2]]
     assert cells_to_pixels(cells, 4, (10, 10)).shape == (10, 10)
+
+
+def test_cells_connected_accepts_one_region_touching_at_corners_and_refuses_cells_apart():
+    grid = torch.zeros(4, 4, dtype=torch.bool)
+    grid[1, 1] = grid[2, 2] = grid[2, 3] = True  # a diagonal step is still one stamp
+    assert cells_connected(grid)
+    grid[0, 3] = True  # a cell two columns from the rest
+    assert not cells_connected(grid)
+    assert cells_connected(torch.zeros(3, 3, dtype=torch.bool))
+
+
+def test_a_mask_in_cells_that_lie_apart_is_not_completed(tiny_model, digits_data):
+    train, test = digits_data
+    data = train.take(32, seed=0)
+    inverter = BlindInverter(tiny_model, data.images, data.captions,
+                             InversionConfig(steps=1, score_steps=1, seed=0, progress=False), test.class_names)
+    inverter.run()
+    apart = MaskPatternTrigger(1, (32, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # two fully masked cells, (1, 1) and (5, 6), nothing elsewhere: no refinement step undoes it
+        apart.mask_logits.fill_(-12.0)
+        apart.mask_logits[0, 0, 4:8, 4:8] = 12.0
+        apart.mask_logits[0, 0, 20:24, 24:28] = 12.0
+    completed, info = inverter.complete_patch(apart, "zero", max_cells=4, steps=1)
+    assert completed is None and not info["completed"] and info["cells"] == 2 and not info["connected"]
 
 
 def test_a_mask_spread_over_many_cells_is_not_completed(tiny_model, digits_data):

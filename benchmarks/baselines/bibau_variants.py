@@ -13,8 +13,8 @@ Each variant switches off one part of the method (DESIGN §3):
   ablation but an extension: it expresses global signals such as SIG).
 - ``bibau_no_extrapolation``: ``path_extrapolation=1``: rounds start where the last one ended, with no step further
   from the suspect model.
-- ``bibau_patch``: ``patch_completion=True``: mask triggers held by a few ViT cells are unlearned as completed cells
-  (an extension, off by default; docs/METHOD_NOTES.md §21).
+- ``bibau_patch``: ``patch_completion=True``: mask triggers held by a few touching ViT cells are unlearned as
+  completed cells (an extension, off by default; docs/METHOD_NOTES.md §21, §23).
 
 ``bibau_lora`` trains LoRA adapters only, at learning rate 1e-3 (a rank-8
 adapter at the full model's 1e-4 barely moves in 60 steps).

@@ -35,6 +35,25 @@ def patch_cells(mask: torch.Tensor, cell: int, share: float = CELL_SHARE) -> tor
     return mass >= share * mass.max().clamp_min(1e-12)
 
 
+def cells_connected(cells: torch.Tensor) -> bool:
+    """Whether the true cells of a boolean grid form one region (8-connected: cells that touch at a corner count).
+
+    A patch trigger is one compact stamp. A mask whose cells lie apart (on CIFAR-10, a blended trigger that a few
+    scattered pixels already fire, METHOD_NOTES §23) is a piece of a global trigger, not a patch to complete.
+    """
+    todo = [tuple(cells.nonzero()[0].tolist())] if cells.any() else []
+    seen = set(todo)
+    while todo:
+        r, c = todo.pop()
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                n = (r + dr, c + dc)
+                if n not in seen and 0 <= n[0] < cells.shape[0] and 0 <= n[1] < cells.shape[1] and bool(cells[n]):
+                    seen.add(n)
+                    todo.append(n)
+    return len(seen) == int(cells.sum())
+
+
 def cells_to_pixels(cells: torch.Tensor, cell: int, size: tuple[int, int]) -> torch.Tensor:
     """A boolean cell grid as a float pixel mask ``[H, W]`` (cropped to ``size``)."""
     pixels = cells.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
@@ -73,7 +92,8 @@ def complete_patch(
     mask_l1_weight: float,
     learning_rate: float,
 ) -> tuple[MaskPatternTrigger | None, dict[str, Any]]:
-    """Refine a mask trigger toward ``target`` and, if it then sits in at most ``max_cells`` cells, complete it.
+    """Refine a mask trigger toward ``target`` and, if it then sits in at most ``max_cells`` cells that touch each
+    other, complete it.
 
     Args:
         encode_image: the (frozen) model's normalised image embedding.
@@ -90,7 +110,7 @@ def complete_patch(
 
     Returns:
         ``(completed, info)``: the completed trigger (a single-candidate family whose mask is 1 on the chosen cells
-        and 0 elsewhere), or ``None`` when the refined mask is not held by a few cells; ``info`` says why.
+        and 0 elsewhere), or ``None`` when the refined mask is not held by a few adjacent cells; ``info`` says why.
     """
     labels = None
 
@@ -109,8 +129,9 @@ def complete_patch(
          lambda: cross_entropy(refined) + mask_l1_weight * refined.prior_cost().sum(), steps, learning_rate)
     mask = refined.mask()[0, 0].detach()
     cells = patch_cells(mask, cell)
-    info: dict[str, Any] = {"cells": int(cells.sum()), "cell_pixels": cell, "refined_mask_pixels": float(mask.sum())}
-    if int(cells.sum()) > max_cells:
+    info: dict[str, Any] = {"cells": int(cells.sum()), "cell_pixels": cell, "refined_mask_pixels": float(mask.sum()),
+                            "connected": cells_connected(cells)}
+    if int(cells.sum()) > max_cells or not info["connected"]:
         info["completed"] = False
         return None, info
 
