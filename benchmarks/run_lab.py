@@ -32,7 +32,7 @@ def plant(dataset: str, backend: str, attack: str, seed: int, runs: Path, fresh:
         return json.loads((folder / "attack.json").read_text())
     clean = attack == "clean"
     config = PlantConfig(
-        attack="badnets" if clean else attack, poison_rate=0.0 if clean else 0.05, dataset=dataset,
+        attack="badnets" if clean else attack, poison_rate=0.0 if clean else None, dataset=dataset,
         model_backend=backend, output_dir=str(folder), overwrite_output_dir=True, seed=seed, progress=False,
     )
     started = time.time()

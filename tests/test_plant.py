@@ -47,6 +47,16 @@ def test_trigger_rebuilt_from_attack_json_is_bit_identical(planted):
     assert torch.equal(trigger(images), build_trigger(PlantConfig().trigger_spec())(images))
 
 
+def test_poison_rate_defaults_to_the_dataset_presets_rate_for_the_attack():
+    natural = "images.npz"  # any non-digits source trains with augmentation, where WaNet needs its paper's 10 %
+    assert PlantConfig(attack="wanet", dataset=natural).poison_rate == 0.1
+    assert PlantConfig(attack="wanet", dataset=natural).trigger_spec()["strength"] == 8.0
+    assert PlantConfig(attack="badnets", dataset=natural).poison_rate == 0.05
+    assert PlantConfig(attack="wanet").poison_rate == 0.05  # digits
+    assert PlantConfig(attack="wanet", dataset=natural, poison_rate=0.02).poison_rate == 0.02
+    assert PlantConfig(attack="wanet", dataset=natural, poison_rate=0.0).poison_rate == 0.0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
