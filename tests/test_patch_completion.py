@@ -35,12 +35,18 @@ def test_cells_connected_accepts_one_region_touching_at_corners_and_refuses_cell
     assert cells_connected(torch.zeros(3, 3, dtype=torch.bool))
 
 
-def test_a_mask_in_cells_that_lie_apart_is_not_completed(tiny_model, digits_data):
+def _inverter_after_one_scan(model, digits_data) -> BlindInverter:
+    """An inverter on 32 digits pairs that has run one (one-step) scan, so that it holds concept embeddings."""
     train, test = digits_data
     data = train.take(32, seed=0)
-    inverter = BlindInverter(tiny_model, data.images, data.captions,
+    inverter = BlindInverter(model, data.images, data.captions,
                              InversionConfig(steps=1, score_steps=1, seed=0, progress=False), test.class_names)
     inverter.run()
+    return inverter
+
+
+def test_a_mask_in_cells_that_lie_apart_is_not_completed(tiny_model, digits_data):
+    inverter = _inverter_after_one_scan(tiny_model, digits_data)
     apart = MaskPatternTrigger(1, (32, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # two fully masked cells, (1, 1) and (5, 6), nothing elsewhere: no refinement step undoes it
         apart.mask_logits.fill_(-12.0)
@@ -51,11 +57,7 @@ def test_a_mask_in_cells_that_lie_apart_is_not_completed(tiny_model, digits_data
 
 
 def test_a_mask_spread_over_many_cells_is_not_completed(tiny_model, digits_data):
-    train, test = digits_data
-    data = train.take(32, seed=0)
-    inverter = BlindInverter(tiny_model, data.images, data.captions,
-                             InversionConfig(steps=1, score_steps=1, seed=0, progress=False), test.class_names)
-    inverter.run()
+    inverter = _inverter_after_one_scan(tiny_model, digits_data)
     spread = MaskPatternTrigger(1, (32, 32), generator=torch.Generator().manual_seed(0), init_mask=0.3)
     completed, info = inverter.complete_patch(spread, "zero", max_cells=4, steps=2)
     assert completed is None and not info["completed"] and info["cells"] > 4
