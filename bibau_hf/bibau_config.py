@@ -129,7 +129,12 @@ class BIBAUConfig(TrainingArguments):
     )
     warp_weight: float = field(
         default=20.0,
-        metadata={"help": "Weight of the warp trigger's prior (mean displacement relative to its 1/8-image bound)."},
+        metadata={"help": "Weight of the warp trigger's prior (mean displacement relative to warp_max_shift)."},
+    )
+    warp_max_shift: float = field(
+        default=0.125,
+        metadata={"help": "Largest displacement of the warp family at a control point, as a fraction of the image "
+                  "side (tanh-bounded)."},
     )
     num_soft_tokens: int = field(
         default=2,
@@ -327,6 +332,9 @@ class BIBAUConfig(TrainingArguments):
             raise BIBAUError("inversion_batch_size must be >= 2 (collapse is measured between images)")
         if not 0 < self.additive_epsilon <= 1:
             raise BIBAUError(f"additive_epsilon must be in (0, 1], got {self.additive_epsilon}")
+        if not 0 < self.warp_max_shift <= 0.5:
+            raise BIBAUError(f"warp_max_shift must be in (0, 0.5] (a fraction of the image side), got "
+                             f"{self.warp_max_shift}")
         for name in ("unlearn_threshold", "text_unlearn_threshold", "confidence_gap_threshold", "mask_l1_weight",
                      "warp_weight", "clean_weight", "trigger_image_weight", "trigger_text_weight", "invariance_weight",
                      "push_weight", "prior_weight", "posterior_temperature", "soft_token_norm_weight"):
@@ -370,6 +378,7 @@ class BIBAUConfig(TrainingArguments):
             additive_epsilon=self.additive_epsilon,
             additive_weight=self.additive_weight,
             warp_weight=self.warp_weight,
+            warp_max_shift=self.warp_max_shift,
             num_soft_tokens=self.num_soft_tokens,
             soft_token_position=self.soft_token_position,
             soft_token_norm_weight=self.soft_token_norm_weight,

@@ -58,6 +58,9 @@ def test_config_rejects_bad_values(tmp_path):
         make_config(tmp_path, path_extrapolation=0.5)
     with pytest.raises(BIBAUError, match="patch_max_cells"):
         make_config(tmp_path, patch_max_cells=0)
+    for bound in (0.0, 0.6):
+        with pytest.raises(BIBAUError, match="warp_max_shift"):
+            make_config(tmp_path, warp_max_shift=bound)
 
 
 def test_learning_rate_default_depends_on_lora(tmp_path):
@@ -451,6 +454,31 @@ def test_warp_trigger_starts_near_identity_is_bounded_and_differentiable():
     torch.testing.assert_close(warp.apply_one(images, 1, torch.ones(4)), warp.apply_one(images, 1))
     torch.testing.assert_close(warp.apply_one(images, 1, torch.zeros(4)), images, atol=1e-5, rtol=0)
     assert not torch.allclose(warp.apply_one(images, 1, torch.full((4,), 2.0)), warp.apply_one(images, 1))
+
+
+def test_warp_family_is_inverted_within_the_configured_bound(tiny_model, digits_data, tmp_path):
+    from bibau_hf.inversion import scan
+
+    assert make_config(tmp_path).inversion_config().warp_max_shift == 0.125
+    config = make_config(tmp_path, warp_max_shift=0.25, trigger_families=["warp"], invert_towers="image")
+    inversion = config.inversion_config(progress=False)
+    assert inversion.warp_max_shift == 0.25
+    _, test = digits_data
+    clean = small_clean_set(digits_data, 32)
+    found = scan(tiny_model, clean.images, clean.captions, concepts=test.class_names, config=inversion).triggers[0]
+    assert found.family == "warp" and found.trigger.max_shift == 0.25 and found.details["max_shift"] == 0.25
+    # tanh keeps every control displacement inside the bound (grid units: 2 is the whole side).
+    assert float(found.trigger.displacement().abs().max()) <= 2 * 0.25
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_inversion_and_unlearning_run_on_cuda(tiny_model, digits_data, tmp_path):
+    """Every tensor the E- and M-steps build follows the model to the GPU (the soft-token trigger once did not)."""
+    trainer = BIBAUTrainer(tiny_model.to("cuda"), make_config(tmp_path, use_cpu=False), small_clean_set(digits_data))
+    trainer.train()
+    first_round = trainer.report["rounds"][0]
+    assert {t["modality"] for t in first_round["triggers"]} == {"image", "text"}
+    assert all(p.device.type == "cuda" for p in tiny_model.parameters())
 
 
 def test_each_image_trigger_acts_on_a_whole_copy_of_the_batch(tiny_model, digits_data, tmp_path):

@@ -15,6 +15,8 @@ Each variant switches off one part of the method (DESIGN §3):
   from the suspect model.
 - ``bibau_patch``: ``patch_completion=True``: mask triggers held by a few touching ViT cells are unlearned as
   completed cells (an extension, off by default; docs/METHOD_NOTES.md §21, §23).
+- ``bibau_wide_warp``: ``warp_max_shift=0.25``: the warp family may move pixels twice as far, and its prior (relative
+  to that bound) costs half as much per pixel (an extension, off by default; docs/METHOD_NOTES.md §24).
 
 ``bibau_lora`` trains LoRA adapters only, at learning rate 1e-3 (a rank-8
 adapter at the full model's 1e-4 barely moves in 60 steps).
@@ -42,6 +44,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bibau_no_extrapolation": {"path_extrapolation": 1.0},
     "bibau_all_families": {"trigger_families": ["mask", "warp", "additive"]},
     "bibau_patch": {"patch_completion": True},
+    "bibau_wide_warp": {"warp_max_shift": 0.25},
 }
 """BIBAUConfig overrides per variant (on top of the benchmark's shared config)."""
 

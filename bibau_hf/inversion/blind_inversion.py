@@ -75,6 +75,7 @@ class InversionConfig:
     additive_epsilon: float = 16 / 255
     additive_weight: float = 0.1
     warp_weight: float = 20.0
+    warp_max_shift: float = 0.125
     num_soft_tokens: int = 2
     soft_token_position: int = 1
     text_search: str = "tokens"
@@ -277,7 +278,9 @@ class _Side:
         cfg, adapter = self.inv.config, self.inv.adapter
         if self.modality == "image":
             size = tuple(self.inv.images.shape[-2:])
-            trigger = build_image_trigger(self.family, n, size, cfg.additive_epsilon, generator)
+            trigger = build_image_trigger(
+                self.family, n, size, cfg.additive_epsilon, generator, warp_max_shift=cfg.warp_max_shift
+            )
         else:
             trigger = SoftTokenTrigger(adapter, n, cfg.num_soft_tokens, cfg.soft_token_position, generator)
         return trigger.to(adapter.device)

@@ -231,7 +231,7 @@ class WarpTrigger(ImageTriggerFamily):
 
 def build_image_trigger(
     family: str, num_candidates: int, image_size: tuple[int, int], epsilon: float = 16 / 255,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, warp_max_shift: float = 0.125,
 ) -> ImageTriggerFamily:
     """A trigger family by name: ``"mask"``, ``"additive"`` or ``"warp"``."""
     if family == "mask":
@@ -239,5 +239,5 @@ def build_image_trigger(
     if family == "additive":
         return AdditiveTrigger(num_candidates, image_size, epsilon, generator)
     if family == "warp":
-        return WarpTrigger(num_candidates, image_size, generator=generator)
+        return WarpTrigger(num_candidates, image_size, max_shift=warp_max_shift, generator=generator)
     raise ValueError(f"unknown image trigger family {family!r}; use one of {IMAGE_FAMILIES}")

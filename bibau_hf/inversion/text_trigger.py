@@ -35,7 +35,8 @@ class SoftTokenTrigger(nn.Module):
         self.num_candidates = int(num_candidates)
         self.num_tokens = int(num_tokens)
         self.position = int(position)
-        self.register_buffer("typical_norm", weight.norm(dim=-1).median().float(), persistent=False)
+        # Built on the CPU, like the tokens, so that one ``.to(device)`` moves the whole trigger.
+        self.register_buffer("typical_norm", weight.norm(dim=-1).median().float().cpu(), persistent=False)
         rows = torch.randint(0, weight.shape[0], (num_candidates * num_tokens,), generator=generator)
         init = weight[rows.to(weight.device)].float().cpu().view(num_candidates, num_tokens, -1)
         self.tokens = nn.Parameter(init.clone())
@@ -59,7 +60,7 @@ class SoftTokenTrigger(nn.Module):
         new = SoftTokenTrigger(adapter, len(indices), self.num_tokens, self.position)
         with torch.no_grad():
             new.tokens.copy_(self.tokens[indices])
-        return new
+        return new.to(self.tokens.device)
 
     def nearest_token_ids(self, adapter: ContrastiveAdapter, index: int, k: int = 5) -> list[list[int]]:
         """Ids of the ``k`` vocabulary tokens closest (cosine) to each soft token of candidate ``index``."""

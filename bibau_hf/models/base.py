@@ -271,7 +271,8 @@ def insert_placeholder_tokens(
     batch, length = input_ids.shape
     # Length of each row up to and including its first EOS.
     is_eos = input_ids == eos_id
-    eos_pos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full((batch,), length - 1))
+    last = torch.full((batch,), length - 1, device=input_ids.device)
+    eos_pos = torch.where(is_eos.any(1), is_eos.float().argmax(1), last)
     position = max(1, int(position))
     rows, masks = [], []
     new_len = min(max_length, length + num_tokens)
