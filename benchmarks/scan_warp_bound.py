@@ -21,7 +21,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from run_lab import ATTACKS, plant  # noqa: E402
 
-GATES = (0.12, 0.065)
+from bibau_hf.inversion import CONFIDENCE_GAP_THRESHOLD, IMAGE_THRESHOLD  # noqa: E402
+
+GATES = (CONFIDENCE_GAP_THRESHOLD, 0.065)
 """Confidence-gap gates compared: BI-BAU's default, and the one §24 read off seeds 0–2 at bound 0.25."""
 
 
@@ -67,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scan_warp_bound.json"))
     args = parser.parse_args(argv)
 
-    from bibau_hf.bibau_config import BIBAUConfig
     from bibau_hf.data.sources import load_train_and_eval
 
     runs, rows = Path(args.runs), []
@@ -79,9 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             for bound in args.bounds:
                 rows.append(scan_row(seed, attack, bound, runs, data))
                 print(json.dumps(rows[-1]), flush=True)
-    threshold = BIBAUConfig(output_dir=str(runs / "_scan")).unlearn_threshold
     result = {"command": "python benchmarks/scan_warp_bound.py " + " ".join(argv or sys.argv[1:]),
-              "unlearn_threshold": threshold, "tally": tally(rows, threshold), "rows": rows}
+              "unlearn_threshold": IMAGE_THRESHOLD, "tally": tally(rows, IMAGE_THRESHOLD), "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     for line in result["tally"]:
         print(json.dumps(line, ensure_ascii=False))

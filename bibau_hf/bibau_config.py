@@ -10,7 +10,14 @@ import torch
 from transformers import TrainingArguments
 
 from .errors import BIBAUError
-from .inversion import CONFIDENCE_GAP_THRESHOLD, IMAGE_FAMILIES, IMAGE_THRESHOLD, TEXT_THRESHOLD, InversionConfig
+from .inversion import (
+    CONFIDENCE_GAP_THRESHOLD,
+    IMAGE_FAMILIES,
+    IMAGE_THRESHOLD,
+    TEXT_THRESHOLD,
+    WARP_MAX_SHIFT,
+    InversionConfig,
+)
 
 TOWERS = ("both", "image", "text")
 PRIORS = ("distill", "l2", "none")
@@ -132,7 +139,7 @@ class BIBAUConfig(TrainingArguments):
         metadata={"help": "Weight of the warp trigger's prior (mean displacement relative to warp_max_shift)."},
     )
     warp_max_shift: float = field(
-        default=0.125,
+        default=WARP_MAX_SHIFT,
         metadata={"help": "Largest displacement of the warp family at a control point, as a fraction of the image "
                   "side (tanh-bounded)."},
     )

@@ -13,6 +13,7 @@ from .blind_inversion import (
 )
 from .image_trigger import (
     IMAGE_FAMILIES,
+    WARP_MAX_SHIFT,
     AdditiveTrigger,
     ImageTriggerFamily,
     MaskPatternTrigger,
@@ -27,6 +28,7 @@ __all__ = [
     "CONFIDENCE_GAP_THRESHOLD",
     "IMAGE_THRESHOLD",
     "TEXT_THRESHOLD",
+    "WARP_MAX_SHIFT",
     "AdditiveTrigger",
     "BlindInverter",
     "ImageTriggerFamily",

@@ -36,7 +36,7 @@ from ..contrastive import tokenize_all
 from ..evaluation.zero_shot import zero_shot_classifier
 from ..models.base import ContrastiveAdapter
 from .distributed import all_reduce_gradients
-from .image_trigger import MaskPatternTrigger, build_image_trigger
+from .image_trigger import WARP_MAX_SHIFT, MaskPatternTrigger, build_image_trigger
 from .patch_completion import complete_patch
 from .text_trigger import SoftTokenTrigger, nearest_vocabulary_ids
 
@@ -75,7 +75,7 @@ class InversionConfig:
     additive_epsilon: float = 16 / 255
     additive_weight: float = 0.1
     warp_weight: float = 20.0
-    warp_max_shift: float = 0.125
+    warp_max_shift: float = WARP_MAX_SHIFT
     num_soft_tokens: int = 2
     soft_token_position: int = 1
     text_search: str = "tokens"

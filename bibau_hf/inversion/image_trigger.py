@@ -15,6 +15,8 @@ from torch import nn
 
 IMAGE_FAMILIES = ("mask", "additive", "warp")
 """Image trigger families :func:`build_image_trigger` knows."""
+WARP_MAX_SHIFT = 0.125
+"""Default bound of the warp family's control displacements, a fraction of the image side (METHOD_NOTES §11, §24)."""
 
 
 class ImageTriggerFamily(nn.Module):
@@ -169,7 +171,7 @@ class WarpTrigger(ImageTriggerFamily):
     family = "warp"
 
     def __init__(
-        self, num_candidates: int, image_size: tuple[int, int], max_shift: float = 0.125, grid: int = 4,
+        self, num_candidates: int, image_size: tuple[int, int], max_shift: float = WARP_MAX_SHIFT, grid: int = 4,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(num_candidates, image_size)
@@ -231,7 +233,7 @@ class WarpTrigger(ImageTriggerFamily):
 
 def build_image_trigger(
     family: str, num_candidates: int, image_size: tuple[int, int], epsilon: float = 16 / 255,
-    generator: torch.Generator | None = None, warp_max_shift: float = 0.125,
+    generator: torch.Generator | None = None, warp_max_shift: float = WARP_MAX_SHIFT,
 ) -> ImageTriggerFamily:
     """A trigger family by name: ``"mask"``, ``"additive"`` or ``"warp"``."""
     if family == "mask":
