@@ -14,6 +14,9 @@ from .inversion import (
     CONFIDENCE_GAP_THRESHOLD,
     IMAGE_FAMILIES,
     IMAGE_THRESHOLD,
+    PERIODIC_AMPLITUDE,
+    PERIODIC_MAX_FREQUENCY,
+    PERIODIC_THRESHOLD,
     TEXT_THRESHOLD,
     WARP_MAX_SHIFT,
     InversionConfig,
@@ -82,6 +85,14 @@ class BIBAUConfig(TrainingArguments):
             "on another scale: rare-word backdoors scored 26.7-36.5, other text towers 0.8-4.2. 0 always unlearns."
         },
     )
+    periodic_unlearn_threshold: float = field(
+        default=PERIODIC_THRESHOLD,
+        metadata={
+            "help": "The unlearning gate of the periodic image family, whose score (an exhaustive search over a fixed "
+            "dictionary) is on its own scale: the CIFAR-10 lab's SIG backdoors scored 17.9-32.8, its other models at "
+            "most 4.0; on digits a natural stripe reached 27 (docs/METHOD_NOTES.md §25). 0 always unlearns."
+        },
+    )
     confidence_gap_threshold: float = field(
         default=CONFIDENCE_GAP_THRESHOLD,
         metadata={
@@ -108,8 +119,10 @@ class BIBAUConfig(TrainingArguments):
         default_factory=lambda: ["mask", "warp"],
         metadata={
             "help": "Image trigger families to invert: mask (mask-and-pattern: patches, blends), warp (smooth "
-            "displacement fields: WaNet-like) and/or additive (L-inf). additive is off by default: it finds universal "
-            "adversarial noise toward every concept alike, so its score does not separate (docs/METHOD_NOTES.md §19)."
+            "displacement fields: WaNet-like), additive (L-inf) and/or periodic (a dictionary of sinusoids: "
+            "SIG-like). additive is off by default: it finds universal adversarial noise toward every concept "
+            "alike, so its score does not separate (docs/METHOD_NOTES.md §19); periodic removes SIG on CIFAR-10 and "
+            "is off by default, for natural images only (§25)."
         },
     )
     inversion_steps: int = field(default=20, metadata={"help": "Optimisation steps of each untargeted inversion."})
@@ -142,6 +155,19 @@ class BIBAUConfig(TrainingArguments):
         default=WARP_MAX_SHIFT,
         metadata={"help": "Largest displacement of the warp family at a control point, as a fraction of the image "
                   "side (tanh-bounded)."},
+    )
+    periodic_amplitude: float = field(
+        default=PERIODIC_AMPLITUDE,
+        metadata={
+            "help": "Amplitude (image units, [0, 1]) of the periodic family's sinusoids. A SIG backdoor answers only "
+            "near its own amplitude (at half of it, 15 percent of images on the CIFAR-10 lab model), while a clean "
+            "model is dragged to its easiest concept by stripes of twice this amplitude (docs/METHOD_NOTES.md §25)."
+        },
+    )
+    periodic_max_frequency: int = field(
+        default=PERIODIC_MAX_FREQUENCY,
+        metadata={"help": "Highest number of periods across the image, along either axis, in the periodic family's "
+                  "dictionary (2 phases x every direction: 288 sinusoids at 8)."},
     )
     num_soft_tokens: int = field(
         default=2,
@@ -220,11 +246,11 @@ class BIBAUConfig(TrainingArguments):
     additive_strength: float = field(
         default=2.0,
         metadata={
-            "help": "In the M-step an inverted additive trigger is applied at a random amplitude between 1 and this "
-            "many times its own (the inversion bounds it by additive_epsilon so that its score means something; the "
-            "attacker's signal may be stronger). Only used with the additive family. On the CIFAR-10 SIG model "
-            "(mask, warp and additive families, one run) it took the ASR left from 62 (1) to 24 (1.5) and 4.8 (2) "
-            "percent (docs/METHOD_NOTES.md §15, §19)."
+            "help": "In the M-step an inverted additive or periodic trigger is applied at a random amplitude between "
+            "1 and this many times its own (the inversion bounds it so that its score means something; the attacker's "
+            "signal may be stronger). On the CIFAR-10 SIG model (mask, warp and additive families, one run) it took "
+            "the ASR left from 62 (1) to 24 (1.5) and 4.8 (2) percent (docs/METHOD_NOTES.md §15, §19); with the "
+            "periodic family, the ASR after retuning from 18.1 (1) to 9.1 percent (2) (§25)."
         },
     )
     batch_per_trigger: bool = field(
@@ -342,7 +368,8 @@ class BIBAUConfig(TrainingArguments):
         if not 0 < self.warp_max_shift <= 0.5:
             raise BIBAUError(f"warp_max_shift must be in (0, 0.5] (a fraction of the image side), got "
                              f"{self.warp_max_shift}")
-        for name in ("unlearn_threshold", "text_unlearn_threshold", "confidence_gap_threshold", "mask_l1_weight",
+        for name in ("unlearn_threshold", "text_unlearn_threshold", "periodic_unlearn_threshold",
+                     "confidence_gap_threshold", "mask_l1_weight",
                      "warp_weight", "clean_weight", "trigger_image_weight", "trigger_text_weight", "invariance_weight",
                      "push_weight", "prior_weight", "posterior_temperature", "soft_token_norm_weight"):
             if getattr(self, name) < 0:
@@ -352,6 +379,10 @@ class BIBAUConfig(TrainingArguments):
                 f"path_extrapolation must be >= 1 (1 is off; below 1 would step back toward the suspect model), got "
                 f"{self.path_extrapolation}"
             )
+        if not 0 < self.periodic_amplitude <= 0.5:
+            raise BIBAUError(f"periodic_amplitude must be in (0, 0.5] (image units), got {self.periodic_amplitude}")
+        if self.periodic_max_frequency < 1:
+            raise BIBAUError(f"periodic_max_frequency must be >= 1, got {self.periodic_max_frequency}")
         if self.additive_strength < 1:
             raise BIBAUError(
                 f"additive_strength must be >= 1 (a multiple of the inverted amplitude), got {self.additive_strength}"
@@ -386,6 +417,8 @@ class BIBAUConfig(TrainingArguments):
             additive_weight=self.additive_weight,
             warp_weight=self.warp_weight,
             warp_max_shift=self.warp_max_shift,
+            periodic_amplitude=self.periodic_amplitude,
+            periodic_max_frequency=self.periodic_max_frequency,
             num_soft_tokens=self.num_soft_tokens,
             soft_token_position=self.soft_token_position,
             soft_token_norm_weight=self.soft_token_norm_weight,

@@ -57,6 +57,7 @@ from .inversion import (
     BlindInverter,
     InvertedTrigger,
     MaskPatternTrigger,
+    PeriodicTrigger,
     ScanResult,
     WarpTrigger,
     passes_gates,
@@ -465,9 +466,11 @@ class BIBAUTrainer(Trainer):
         score, target, gap = self._targets.get(key, (0.0, None, math.nan))
         # An image trigger must also carry its images onto the target as firmly as the target's own images lie
         # there: a natural shortcut crosses the score gate too, but only reaches the target's border.
-        passed = passes_gates(key.split("/", 1)[0], score, gap, threshold=self.args.unlearn_threshold,
+        modality, family = key.split("/", 1)
+        passed = passes_gates(modality, score, gap, threshold=self.args.unlearn_threshold,
                               text_threshold=self.args.text_unlearn_threshold,
-                              max_confidence_gap=self.args.confidence_gap_threshold)
+                              max_confidence_gap=self.args.confidence_gap_threshold, family=family,
+                              periodic_threshold=self.args.periodic_unlearn_threshold)
         return target if passed else None
 
     def _tracked_score(self, result: ScanResult) -> float:
@@ -550,8 +553,8 @@ class BIBAUTrainer(Trainer):
                     out[rows] = trigger.apply_one(x, 0, strength)
                     continue
                 strength = None
-                if isinstance(trigger, AdditiveTrigger) and self.args.additive_strength > 1:
-                    # The same for an additive trigger's amplitude: the inversion's ε bound keeps the score
+                if isinstance(trigger, (AdditiveTrigger, PeriodicTrigger)) and self.args.additive_strength > 1:
+                    # The same for an additive or periodic trigger's amplitude: the inversion's bound keeps the score
                     # meaningful, and the attacker's signal may be stronger than that bound.
                     strength = 1 + (self.args.additive_strength - 1) * torch.rand(len(rows), generator=generator)
                 if self.args.trigger_shift:

@@ -72,7 +72,14 @@ _RECIPES: dict[str, Callable[[Sequence[str]], Any]] = {"clean": clean_command, "
 
 # ------------------------------------------------------------------------------------------------ scan
 def _add_scan_parser(commands: argparse._SubParsersAction) -> None:
-    from .inversion import CONFIDENCE_GAP_THRESHOLD, IMAGE_FAMILIES, IMAGE_THRESHOLD, TEXT_THRESHOLD, InversionConfig
+    from .inversion import (
+        CONFIDENCE_GAP_THRESHOLD,
+        IMAGE_FAMILIES,
+        IMAGE_THRESHOLD,
+        PERIODIC_THRESHOLD,
+        TEXT_THRESHOLD,
+        InversionConfig,
+    )
 
     defaults = InversionConfig()
     parser = commands.add_parser(
@@ -119,6 +126,8 @@ def _add_scan_parser(commands: argparse._SubParsersAction) -> None:
                         help="an image trigger family at or above this score means 'backdoor suspected'")
     output.add_argument("--text_threshold", type=float, default=TEXT_THRESHOLD,
                         help="the same for the text family (its score is on another scale: an exact token search)")
+    output.add_argument("--periodic_threshold", type=float, default=PERIODIC_THRESHOLD,
+                        help="the same for the periodic image family (an exhaustive dictionary search, another scale)")
     output.add_argument("--confidence_gap", type=float, default=CONFIDENCE_GAP_THRESHOLD,
                         help="an image family is flagged only if its trigger's images match the target within this "
                         "cosine of the target's own images (a natural shortcut stays further; 2 turns this off)")
@@ -136,22 +145,25 @@ def _top(posterior: dict[str, float], k: int) -> dict[str, float]:
 
 def scan_summary(
     result: Any, *, model: str, threshold: float, text_threshold: float, confidence_gap: float, top_k: int,
-    num_clean_pairs: int,
+    num_clean_pairs: int, periodic_threshold: float | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready verdict of a :class:`~bibau_hf.inversion.ScanResult`: a backdoor is suspected when any family
     reaches its tower's threshold (``threshold`` for image families, ``text_threshold`` for the text one) and, for
     an image family, its confidence gap is at most ``confidence_gap`` (2 never vetoes)."""
-    from .inversion import passes_gates
+    from .inversion import PERIODIC_THRESHOLD, gate_threshold, passes_gates
 
+    periodic_threshold = PERIODIC_THRESHOLD if periodic_threshold is None else periodic_threshold
     details = result.to_dict()
     families = []
     for t in result.triggers:
-        level = text_threshold if t.modality == "text" else threshold
+        level = gate_threshold(t.modality, t.family, threshold=threshold, text_threshold=text_threshold,
+                               periodic_threshold=periodic_threshold)
         families.append({
             "family": t.key, "score": round(t.score, 3), "threshold": level,
             "confidence_gap": None if math.isnan(t.confidence_gap) else round(t.confidence_gap, 4),
             "suspected": passes_gates(t.modality, t.score, t.confidence_gap, threshold=threshold,
-                                      text_threshold=text_threshold, max_confidence_gap=confidence_gap),
+                                      text_threshold=text_threshold, max_confidence_gap=confidence_gap,
+                                      family=t.family, periodic_threshold=periodic_threshold),
             "suspected_target": t.suspected_target,
             "posterior_top": _top(t.posterior, top_k),
         })
@@ -162,7 +174,8 @@ def scan_summary(
         "model": model,
         "verdict": "backdoor suspected" if flagged else "no backdoor detected",
         "backdoor_suspected": bool(flagged),
-        "thresholds": {"image": threshold, "text": text_threshold, "confidence_gap": confidence_gap},
+        "thresholds": {"image": threshold, "text": text_threshold, "periodic": periodic_threshold,
+                       "confidence_gap": confidence_gap},
         "flagged_families": [f["family"] for f in flagged],
         "backdoor_score": details["backdoor_score"],
         "suspected_target": lead["suspected_target"] if lead else details["suspected_target"],
@@ -244,7 +257,7 @@ def scan_command(args: argparse.Namespace) -> dict[str, Any]:
     result = scan(model, train.images, train.captions, concepts=concepts, config=config)
     summary = scan_summary(result, model=str(args.model), threshold=args.threshold,
                            text_threshold=args.text_threshold, top_k=args.top_k, num_clean_pairs=len(train),
-                           confidence_gap=args.confidence_gap)
+                           confidence_gap=args.confidence_gap, periodic_threshold=args.periodic_threshold)
     if args.json_path:
         path = Path(args.json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -96,10 +96,10 @@ def test_scan_prints_a_verdict_and_writes_json(_tiny_models, tmp_path, capsys):
     result = json.loads(out)
     assert result == json.loads((tmp_path / "scan.json").read_text())
     assert result["model"] == str(model) and result["num_clean_pairs"] == 24
-    assert result["thresholds"] == {"image": 1.5, "text": 10.0, "confidence_gap": 0.12}
+    assert result["thresholds"] == {"image": 1.5, "text": 10.0, "periodic": 8.0, "confidence_gap": 0.12}
     for family in result["families"]:  # each family against its own tower's threshold
         text = family["family"].startswith("text/")
-        assert family["threshold"] == (10.0 if text else 1.5)
+        assert family["threshold"] == (10.0 if text else 8.0 if family["family"] == "image/periodic" else 1.5)
         gap = family["confidence_gap"]
         assert gap is None or not text  # measured for image families only (None there: nothing to compare with)
         confident = gap is None or gap <= 0.12

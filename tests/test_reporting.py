@@ -329,7 +329,7 @@ def test_save_writes_card_plots_and_triggers(tiny_model, digits_data, tmp_path):
     evaluator = ZeroShotEvaluator(_small_eval_set(digits_data), build_trigger("badnets"), 0)
     out = tmp_path / "out"
     config = BIBAUConfig(**FAST, output_dir=str(out), max_steps=1, em_rounds=1, final_scan=True,
-                         concept_names=test.class_names, trigger_families=["mask", "additive"])
+                         concept_names=test.class_names, trigger_families=["mask", "additive", "periodic"])
     trainer = BIBAUTrainer(tiny_model, config, train.take(32, seed=0), evaluator=evaluator,
                            base_model_name="tiny-local")
     trainer.train()
@@ -348,7 +348,7 @@ def test_save_writes_card_plots_and_triggers(tiny_model, digits_data, tmp_path):
         mask = handle.get_tensor("before/image/mask/mask")
         token_ids = handle.get_tensor("before/text/soft_tokens/nearest_token_ids")
     assert {"example/clean", "before/image/mask/pattern", "after/image/mask/example_triggered",
-            "before/image/additive/delta", "after/text/soft_tokens/tokens"} <= keys
+            "before/image/additive/delta", "before/image/periodic/delta", "after/text/soft_tokens/tokens"} <= keys
     assert mask.shape == (32, 32) and 0 <= float(mask.min()) and float(mask.max()) <= 1
     text_entry = next(e for e in report["artifacts"]["triggers"] if e["phase"] == "before" and e["modality"] == "text")
     # The text search inserts one real vocabulary token, so its nearest token is itself (cosine 1).
@@ -358,7 +358,7 @@ def test_save_writes_card_plots_and_triggers(tiny_model, digits_data, tmp_path):
 
     plots = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert plots == ["rounds.png", "similarity_histograms.png", "trigger_image_additive.png",
-                     "trigger_image_mask.png", "trigger_text.png"]
+                     "trigger_image_mask.png", "trigger_image_periodic.png", "trigger_text.png"]
     readme = out / "README.md"
     assert card_metrics(readme) == expected_metrics(report)
     assert {"clean_accuracy_after", "attack_success_rate_before", "backdoor_score_after"} <= set(card_metrics(readme))

@@ -45,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bibau_all_families": {"trigger_families": ["mask", "warp", "additive"]},
     "bibau_patch": {"patch_completion": True},
     "bibau_wide_warp": {"warp_max_shift": 0.25},
+    "bibau_periodic": {"trigger_families": ["mask", "warp", "periodic"]},
 }
 """BIBAUConfig overrides per variant (on top of the benchmark's shared config)."""
 

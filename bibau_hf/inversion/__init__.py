@@ -3,11 +3,13 @@
 from .blind_inversion import (
     CONFIDENCE_GAP_THRESHOLD,
     IMAGE_THRESHOLD,
+    PERIODIC_THRESHOLD,
     TEXT_THRESHOLD,
     BlindInverter,
     InversionConfig,
     InvertedTrigger,
     ScanResult,
+    gate_threshold,
     passes_gates,
     scan,
 )
@@ -21,12 +23,16 @@ from .image_trigger import (
     build_image_trigger,
 )
 from .patch_completion import complete_patch
+from .periodic_trigger import PERIODIC_AMPLITUDE, PERIODIC_MAX_FREQUENCY, PeriodicTrigger, periodic_atoms
 from .text_trigger import SoftTokenTrigger
 
 __all__ = [
     "IMAGE_FAMILIES",
     "CONFIDENCE_GAP_THRESHOLD",
     "IMAGE_THRESHOLD",
+    "PERIODIC_AMPLITUDE",
+    "PERIODIC_MAX_FREQUENCY",
+    "PERIODIC_THRESHOLD",
     "TEXT_THRESHOLD",
     "WARP_MAX_SHIFT",
     "AdditiveTrigger",
@@ -35,11 +41,14 @@ __all__ = [
     "InversionConfig",
     "InvertedTrigger",
     "MaskPatternTrigger",
+    "PeriodicTrigger",
     "ScanResult",
     "SoftTokenTrigger",
     "WarpTrigger",
     "build_image_trigger",
     "complete_patch",
+    "gate_threshold",
     "passes_gates",
+    "periodic_atoms",
     "scan",
 ]

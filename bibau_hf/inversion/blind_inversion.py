@@ -2,7 +2,7 @@
 
 Nothing here knows the attack: it sees the suspect model, clean image-caption pairs and candidate target concepts
 (class names when the defender has them, else the distinct captions). For each trigger family (image
-mask-and-pattern, image additive, text soft tokens):
+mask-and-pattern, warp and additive, text soft tokens):
 
 1. *Untargeted inversion* (several restarts at once): find T that makes triggered embeddings agree with each other
    (collapse, which needs no target) and leave their own pair, under the trigger prior. Its collapse posterior
@@ -13,6 +13,9 @@ mask-and-pattern, image additive, text soft tokens):
    (median − min) / (1.4826 · MAD) of log J (Neural Cleanse's statistic, Wang et al. 2019, on log costs), so it is
    calibrated by the model's own natural variation across concepts. The posterior is q(z_k) ∝ exp(anomaly_k); its
    mode is the suspected target, and the sweep's trigger for it is the inverted trigger used for unlearning.
+
+The periodic image family (a fixed dictionary of sinusoids, :mod:`.periodic_trigger`) has nothing to optimise: its
+sweep tries every pattern, and J_k is the cheapest pattern's cross-entropy toward k.
 
 Why the sweep and not only the collapse trigger: on planted models the collapse optimum is often a natural
 adversarial patch toward some other concept (and a clean model collapses just as confidently), so the collapse
@@ -38,6 +41,7 @@ from ..models.base import ContrastiveAdapter
 from .distributed import all_reduce_gradients
 from .image_trigger import WARP_MAX_SHIFT, MaskPatternTrigger, build_image_trigger
 from .patch_completion import complete_patch
+from .periodic_trigger import PERIODIC_AMPLITUDE, PERIODIC_MAX_FREQUENCY, PeriodicTrigger
 from .text_trigger import SoftTokenTrigger, nearest_vocabulary_ids
 
 TEXT_SWEEP_BATCH = 64
@@ -46,6 +50,10 @@ TEXT_SWEEP_BATCH = 64
 # separates by a wide margin, the image score does not, and a missed image backdoor costs more than a false alarm.
 IMAGE_THRESHOLD = 1.5
 TEXT_THRESHOLD = 10.0
+# The periodic family's score comes from an exhaustive search over a fixed dictionary and is on its own scale: the
+# CIFAR-10 lab's SIG backdoors scored 17.9-32.8, its other models at most 4.0 (docs/METHOD_NOTES.md §25). On digits a
+# natural stripe (a bar read as "seven") reached 27: the family is meant for natural images.
+PERIODIC_THRESHOLD = 8.0
 # An image family is unlearned only if its trigger's images match the target concept nearly as closely as the
 # concept's own clean images do (docs/METHOD_NOTES.md §18). Over 36 scans of the digits lab the planted triggers
 # came within 0.105 of cosine; the warp family's natural shortcuts (a squeezed digit read as "one") mostly stayed
@@ -56,6 +64,15 @@ CONFIDENCE_IMAGES = 512
 WORD_GAIN = 0.5
 # Seed offset of the clean batches that patch completion draws (apart from the families' own).
 PATCH_COMPLETION_OFFSET = 9000
+# Seed offset of the periodic family's clean batches (the others' are 100, 200, ... by position).
+PERIODIC_OFFSET = 8000
+# Triggered images per forward pass of the periodic family's dictionary sweep (atoms × clean images).
+DICTIONARY_IMAGES_PER_PASS = 512
+# Clean batches the periodic family's dictionary is scored on: at round 0, where the score decides, 8 (128 images);
+# the natural scores on 14 lab models fell from up to 9.0 with 2 batches to at most 6.4, while CIFAR-10's SIG stayed
+# at 19.7 and 24.2 (docs/METHOD_NOTES.md §25). A later round's re-inversion toward a known target needs fewer.
+DICTIONARY_SCORE_BATCHES = 8
+DICTIONARY_FOCUS_BATCHES = 2
 DEFAULT_CONCEPT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image of a {}.", "{}")
 
 
@@ -76,6 +93,8 @@ class InversionConfig:
     additive_weight: float = 0.1
     warp_weight: float = 20.0
     warp_max_shift: float = WARP_MAX_SHIFT
+    periodic_amplitude: float = PERIODIC_AMPLITUDE
+    periodic_max_frequency: int = PERIODIC_MAX_FREQUENCY
     num_soft_tokens: int = 2
     soft_token_position: int = 1
     text_search: str = "tokens"
@@ -93,16 +112,28 @@ def family_key(modality: str, family: str) -> str:
     return f"{modality}/{family}"
 
 
+def gate_threshold(
+    modality: str, family: str, *, threshold: float, text_threshold: float, periodic_threshold: float
+) -> float:
+    """The score level a family must reach: its tower's, or the periodic family's own (its score is on another
+    scale)."""
+    if modality == "text":
+        return text_threshold
+    return periodic_threshold if family == "periodic" else threshold
+
+
 def passes_gates(
     modality: str, score: float, confidence_gap: float, *, threshold: float, text_threshold: float,
-    max_confidence_gap: float,
+    max_confidence_gap: float, family: str = "", periodic_threshold: float = PERIODIC_THRESHOLD,
 ) -> bool:
-    """Whether a family counts as backdoored (BI-BAU unlearns it, the scan flags it): its score reaches its tower's
-    threshold and, for an image family, its confidence gap is at most ``max_confidence_gap``. A NaN gap (no clean
-    image of the target to compare with) does not veto."""
+    """Whether a family counts as backdoored (BI-BAU unlearns it, the scan flags it): its score reaches its level
+    (:func:`gate_threshold`) and, for an image family, its confidence gap is at most ``max_confidence_gap``. A NaN gap
+    (no clean image of the target to compare with) does not veto."""
+    level = gate_threshold(modality, family, threshold=threshold, text_threshold=text_threshold,
+                           periodic_threshold=periodic_threshold)
     if modality == "text":
-        return score >= text_threshold
-    return score >= threshold and not confidence_gap > max_confidence_gap
+        return score >= level
+    return score >= level and not confidence_gap > max_confidence_gap
 
 
 @dataclass
@@ -270,7 +301,8 @@ class _Side:
         self.key = family_key(modality, family)
         cfg = inverter.config
         if modality == "image":
-            self.weight = {"mask": cfg.mask_l1_weight, "warp": cfg.warp_weight}.get(family, cfg.additive_weight)
+            weights = {"mask": cfg.mask_l1_weight, "warp": cfg.warp_weight, "periodic": 0.0}
+            self.weight = weights.get(family, cfg.additive_weight)
         else:
             self.weight = cfg.soft_token_norm_weight
 
@@ -365,16 +397,20 @@ class BlindInverter:
             if cfg.invert_text:
                 self.text_targets = self._image_prototypes()
                 sides.append((_Side(self, "text", "soft_tokens"), self.text_targets))
+            # Each family draws its batches from its own seed offset, by position; the periodic family has a fixed
+            # one, so that adding it leaves every other family's draws (and results) as they were without it.
+            positions = [side for side, _ in sides if side.family != "periodic"]
             results = []
             clean_sample = None  # embedded once per scan, shared by the image families' confidence gaps
-            for i, (side, targets) in enumerate(sides):
+            for side, targets in sides:
+                offset = PERIODIC_OFFSET if side.family == "periodic" else 100 * (positions.index(side) + 1)
                 before = previous_by_family.get(side.key)
                 if focus is None:
                     if side.modality == "image" and clean_sample is None:
                         clean_sample = self._confidence_sample()
-                    results.append(self._invert(side, targets, 100 * (i + 1), before, clean_sample))
+                    results.append(self._invert(side, targets, offset, before, clean_sample))
                 elif side.key in focus:
-                    results.append(self._invert_toward(side, targets, 100 * (i + 1), before, focus[side.key]))
+                    results.append(self._invert_toward(side, targets, offset, before, focus[side.key]))
         return ScanResult(results, self.candidates, natural, time.time() - started)
 
     @contextlib.contextmanager
@@ -457,6 +493,13 @@ class BlindInverter:
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed + offset)
         sampler = self._sampler(offset)
+        if side.family == "periodic":
+            # Nothing to optimise, and every concept costs the same dictionary pass: no collapse step, no subset.
+            subset = list(range(len(self.candidates)))
+            sweep, objectives = self._dictionary_sweep(targets, subset, sampler, DICTIONARY_SCORE_BATCHES)
+            result = self._result(side, sweep, subset, objectives, float("nan"), None)
+            result.confidence_gap = self._confidence_gap(result, clean_sample)
+            return result
 
         # 1. untargeted collapse
         trigger = side.make(cfg.restarts, generator)
@@ -523,6 +566,8 @@ class BlindInverter:
         subset = [self.candidates.index(concept)]
         if side.modality == "text" and cfg.text_search == "tokens":
             sweep, objectives = self._token_sweep(targets, subset, sampler)
+        elif side.family == "periodic":
+            sweep, objectives = self._dictionary_sweep(targets, subset, sampler, DICTIONARY_FOCUS_BATCHES)
         else:
             start = previous.trigger_for(concept) if previous is not None else None
             sweep, objectives = self._continuous_sweep(side, targets, subset, sampler, generator, None, start)
@@ -556,6 +601,30 @@ class BlindInverter:
         with torch.no_grad():
             objectives = sweep_objective(*sampler()).cpu()
         return sweep, objectives
+
+    @torch.no_grad()
+    def _dictionary_sweep(self, targets: torch.Tensor, subset: list[int], sampler: BatchSampler, batches: int):
+        """The periodic family's sweep: every atom of the dictionary on the same ``batches`` clean batches; per
+        candidate, the cheapest atom and its cross-entropy toward the candidate (J_k, with no prior: the amplitude is
+        fixed)."""
+        cfg = self.config
+        dictionary = PeriodicTrigger.dictionary(
+            tuple(self.images.shape[-2:]), cfg.periodic_amplitude, cfg.periodic_max_frequency
+        ).to(self.adapter.device)
+        images = torch.cat([sampler()[0] for _ in range(batches)]).to(self.adapter.device)
+        scale = self.adapter.logit_scale().detach()
+        chunk = max(1, DICTIONARY_IMAGES_PER_PASS // len(images))
+        costs = []
+        for start in tqdm(range(0, dictionary.num_candidates, chunk), desc="score image/periodic",
+                          disable=not cfg.progress, leave=False):
+            signals = dictionary.signals[start : start + chunk]
+            triggered = (images.unsqueeze(0) + dictionary.amplitude * signals.unsqueeze(1)).clamp(0, 1)
+            emb = self.adapter.encode_image(triggered.flatten(0, 1)).view(len(signals), len(images), -1)
+            log_probs = torch.log_softmax(scale * emb @ targets.t(), dim=-1)  # [atoms, B, concepts]
+            costs.append(-log_probs[..., subset].mean(1))
+        costs = torch.cat(costs)  # [atoms, len(subset)]
+        objectives, best = costs.min(0)
+        return dictionary.select(best.tolist()), objectives.cpu()
 
     def _token_sweep(self, targets: torch.Tensor, subset: list[int], sampler: BatchSampler):
         """For each candidate, the vocabulary token whose insertion drags captions to it most cheaply.

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGE_FAMILIES = ("mask", "additive", "warp")
-"""Image trigger families :func:`build_image_trigger` knows."""
+IMAGE_FAMILIES = ("mask", "additive", "warp", "periodic")
+"""Image trigger families the inverter knows (``periodic`` is a fixed dictionary, :mod:`.periodic_trigger`)."""
 WARP_MAX_SHIFT = 0.125
 """Default bound of the warp family's control displacements, a fraction of the image side (METHOD_NOTES §11, §24)."""
 
@@ -242,4 +242,6 @@ def build_image_trigger(
         return AdditiveTrigger(num_candidates, image_size, epsilon, generator)
     if family == "warp":
         return WarpTrigger(num_candidates, image_size, max_shift=warp_max_shift, generator=generator)
+    if family == "periodic":
+        raise ValueError("the periodic family has no learnable trigger; build it with PeriodicTrigger.dictionary")
     raise ValueError(f"unknown image trigger family {family!r}; use one of {IMAGE_FAMILIES}")

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from ..inversion.blind_inversion import InvertedTrigger, ScanResult
 from ..inversion.image_trigger import AdditiveTrigger, MaskPatternTrigger, WarpTrigger
+from ..inversion.periodic_trigger import PeriodicTrigger
 from ..inversion.text_trigger import SoftTokenTrigger, decode_token_ids
 from ..models.base import ContrastiveAdapter
 
@@ -60,6 +61,9 @@ def _trigger_tensors(
         elif isinstance(trigger, AdditiveTrigger):
             tensors["delta"] = trigger.delta()[0]
             info["epsilon"] = trigger.epsilon
+        elif isinstance(trigger, PeriodicTrigger):
+            tensors["delta"] = trigger.amplitude * trigger.signals[0].expand(3, -1, -1)
+            info.update({k: v for k, v in trigger.describe(0).items() if k != "family"})
         elif isinstance(trigger, SoftTokenTrigger):
             tensors["tokens"] = trigger.tokens[0]
             ids = trigger.nearest_token_ids(adapter, 0, k=NEAREST_TOKENS)
@@ -69,7 +73,7 @@ def _trigger_tensors(
             info["nearest_text"] = _decoded_text(adapter, ids)
         # Image triggers are inverted at the clean data's resolution; an example of another size is not shown.
         if example is not None and found.modality == "image" and tuple(example.shape[-2:]) == trigger.image_size:
-            device = next(trigger.parameters()).device
+            device = next(iter([*trigger.parameters(), *trigger.buffers()])).device
             tensors["example_triggered"] = trigger.apply_one(example.to(device), 0)[0]
     # Copies: safetensors refuses tensors that share memory, and a trigger can be shared by both phases.
     return {name: value.detach().cpu().clone().contiguous() for name, value in tensors.items()}, info

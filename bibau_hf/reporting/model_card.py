@@ -153,6 +153,8 @@ def _trigger_size(entry: dict[str, Any]) -> str:
         return f"warp {found['mean_shift_pixels']:.2f} px"
     if "mean_abs_delta" in found:
         return f"mean \\|δ\\| {found['mean_abs_delta']:.4f}"
+    if "periods_x" in found:
+        return f"sinusoid ({found['periods_x']}, {found['periods_y']}) periods, amplitude {found['amplitude']:g}"
     if "relative_norm" in found:
         count = found.get("num_tokens", 0)
         return f"{count} token{'' if count == 1 else 's'}, norm ×{found['relative_norm']:.2f}"

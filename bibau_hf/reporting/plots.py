@@ -71,7 +71,7 @@ def _image_panels(
         shift = tensors[f"{prefix}/displacement_pixels"].norm(dim=0)
         peak = max(float(shift.max()), 1e-8)
         panels.append((shift / peak, f"displacement (max {peak:.2f} px)", {"cmap": "magma", "vmin": 0, "vmax": 1}))
-    elif family == "additive":
+    elif family in ("additive", "periodic"):
         delta = tensors[f"{prefix}/delta"]
         scale = max(epsilon, float(delta.abs().max()), 1e-8)
         panels.append((0.5 + delta / (2 * scale), f"perturbation (±{scale:.3f}, grey = 0)", {}))

@@ -1,0 +1,103 @@
+"""The periodic family's round-0 score on the lab's models (scan only, no unlearning): does it tell SIG apart?
+
+    python benchmarks/scan_periodic.py --datasets digits cifar10_subset --seeds 0 1 2
+    python benchmarks/scan_periodic.py --datasets cifar10_subset --seeds 0 1 2 --attacks clean wanet sig --no-plant
+
+For every (dataset, seed, attack) it plants the model if the lab has not (unless ``--no-plant``, which skips models
+the lab lacks), scans it with the periodic family alone under BI-BAU's defaults, and writes the family's score,
+suspected target, confidence gap and cheapest sinusoid. Then it counts, per dataset, the SIG models the family's gates
+(``periodic_unlearn_threshold`` and the confidence gap) catch toward their true target, and the other models they flag
+(docs/METHOD_NOTES.md §25). Writes ``benchmarks/results/scan_periodic.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run_lab import ATTACKS, CIFAR, plant  # noqa: E402
+
+from bibau_hf.inversion import CONFIDENCE_GAP_THRESHOLD, PERIODIC_THRESHOLD  # noqa: E402
+
+
+def scan_row(dataset: str, seed: int, attack: str, folder: Path, data) -> dict:
+    from bibau_hf.bibau_config import BIBAUConfig
+    from bibau_hf.inversion import scan
+    from bibau_hf.models import load_adapter
+
+    clean, test = data
+    config = BIBAUConfig(output_dir=str(folder.parent / "_scan"), seed=seed, trigger_families=["periodic"],
+                         invert_towers="image")
+    record = json.loads((folder / "attack.json").read_text())
+    found = scan(load_adapter(folder), clean.images, clean.captions, concepts=test.class_names,
+                 config=config.inversion_config(progress=False)).triggers[0]
+    return {"dataset": dataset, "seed": seed, "attack": attack, "true_target": record["target_name"],
+            "score": round(found.score, 3), "target": found.suspected_target,
+            "confidence_gap": round(found.confidence_gap, 4),
+            "sinusoid": [found.details["periods_x"], found.details["periods_y"], found.details["phase_radians"]]}
+
+
+def tally(rows: list[dict]) -> list[dict]:
+    """Per dataset: SIG models caught toward their target, and models of other attacks (or clean) flagged."""
+    out = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        flagged = [r for r in mine if r["score"] >= PERIODIC_THRESHOLD
+                   and not r["confidence_gap"] > CONFIDENCE_GAP_THRESHOLD]
+        others = [r for r in mine if r["attack"] != "sig"]
+        out.append({
+            "dataset": dataset,
+            "sig_found": sum(r["attack"] == "sig" and r["target"] == r["true_target"] for r in flagged),
+            "sig_models": len(mine) - len(others),
+            "flagged_elsewhere": [f"{r['attack']} s{r['seed']} → {r['target']}" for r in flagged
+                                  if r["attack"] != "sig"],
+            "other_models": len(others),
+            "highest_other_score": max((r["score"] for r in others), default=None),
+            "lowest_sig_score": min((r["score"] for r in mine if r["attack"] == "sig"), default=None),
+        })
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["digits", "cifar10_subset"],
+                        choices=["digits", "cifar10_subset"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--attacks", nargs="+", default=["clean", *ATTACKS], choices=["clean", *ATTACKS])
+    parser.add_argument("--no-plant", action="store_true", help="scan only the models the lab already has")
+    parser.add_argument("--runs", default=str(ROOT / "benchmarks" / "runs" / "lab"), help="the lab's model cache")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scan_periodic.json"))
+    args = parser.parse_args(argv)
+
+    from bibau_hf.data.sources import load_train_and_eval
+
+    runs, rows = Path(args.runs), []
+    for dataset in args.datasets:
+        source = "digits" if dataset == "digits" else str(CIFAR)
+        for seed in args.seeds:
+            train, test = load_train_and_eval(source, seed=seed)
+            data = (train.take_fraction(0.05, seed=seed), test)  # the benchmark's defender data for this seed
+            for attack in args.attacks:
+                folder = runs / f"{dataset}_hf_{attack}_s{seed}"
+                if not (folder / "attack.json").is_file():
+                    if args.no_plant:
+                        continue
+                    plant(source, "hf", attack, seed, runs, False)
+                rows.append(scan_row(dataset, seed, attack, folder, data))
+                print(json.dumps(rows[-1]), flush=True)
+    result = {"command": "python benchmarks/scan_periodic.py " + " ".join(argv or sys.argv[1:]),
+              "periodic_unlearn_threshold": PERIODIC_THRESHOLD, "confidence_gap_threshold": CONFIDENCE_GAP_THRESHOLD,
+              "tally": tally(rows), "rows": rows}
+    Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    for line in result["tally"]:
+        print(json.dumps(line, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
