@@ -288,6 +288,7 @@ def test_variants_change_exactly_their_knob(tmp_path):
         "bibau_mask_only": {"trigger_families": ["mask"]}, "bibau_no_extrapolation": {"path_extrapolation": 1.0},
         "bibau_all_families": {"trigger_families": ["mask", "warp", "additive"]},
         "bibau_patch": {"patch_completion": True}, "bibau_wide_warp": {"warp_max_shift": 0.25},
+        "bibau_periodic": {"trigger_families": ["mask", "warp", "periodic"]},
     }
     assert set(expected) == set(baselines.VARIANTS)
     for name, changes in expected.items():
