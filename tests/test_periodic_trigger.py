@@ -19,6 +19,7 @@ from bibau_hf.inversion import (
     build_image_trigger,
     periodic_atoms,
 )
+from bibau_hf.inversion.blind_inversion import _Side
 
 
 def test_dictionary_holds_every_direction_once_at_two_phases():
@@ -61,7 +62,8 @@ def test_dictionary_sweep_keeps_each_concepts_cheapest_atom(tiny_model, digits_d
     inverter.run()  # embeds the concepts
     targets = inverter.concept_emb
     subset = [0, 3, 7]
-    sweep, objectives = inverter._dictionary_sweep(targets, subset, inverter._sampler(5), batches=3)
+    side = _Side(inverter, "image", "periodic")
+    sweep, objectives = inverter._dictionary_sweep(side, targets, subset, inverter._sampler(5), batches=3)
 
     # The same three batches, every atom applied through the trigger's own apply_one, scored one by one.
     sampler = inverter._sampler(5)

@@ -496,7 +496,7 @@ class BlindInverter:
         if side.family == "periodic":
             # Nothing to optimise, and every concept costs the same dictionary pass: no collapse step, no subset.
             subset = list(range(len(self.candidates)))
-            sweep, objectives = self._dictionary_sweep(targets, subset, sampler, DICTIONARY_SCORE_BATCHES)
+            sweep, objectives = self._dictionary_sweep(side, targets, subset, sampler, DICTIONARY_SCORE_BATCHES)
             result = self._result(side, sweep, subset, objectives, float("nan"), None)
             result.confidence_gap = self._confidence_gap(result, clean_sample)
             return result
@@ -567,7 +567,7 @@ class BlindInverter:
         if side.modality == "text" and cfg.text_search == "tokens":
             sweep, objectives = self._token_sweep(targets, subset, sampler)
         elif side.family == "periodic":
-            sweep, objectives = self._dictionary_sweep(targets, subset, sampler, DICTIONARY_FOCUS_BATCHES)
+            sweep, objectives = self._dictionary_sweep(side, targets, subset, sampler, DICTIONARY_FOCUS_BATCHES)
         else:
             start = previous.trigger_for(concept) if previous is not None else None
             sweep, objectives = self._continuous_sweep(side, targets, subset, sampler, generator, None, start)
@@ -603,7 +603,9 @@ class BlindInverter:
         return sweep, objectives
 
     @torch.no_grad()
-    def _dictionary_sweep(self, targets: torch.Tensor, subset: list[int], sampler: BatchSampler, batches: int):
+    def _dictionary_sweep(
+        self, side: _Side, targets: torch.Tensor, subset: list[int], sampler: BatchSampler, batches: int
+    ):
         """The periodic family's sweep: every atom of the dictionary on the same ``batches`` clean batches; per
         candidate, the cheapest atom and its cross-entropy toward the candidate (J_k, with no prior: the amplitude is
         fixed)."""
@@ -611,15 +613,14 @@ class BlindInverter:
         dictionary = PeriodicTrigger.dictionary(
             tuple(self.images.shape[-2:]), cfg.periodic_amplitude, cfg.periodic_max_frequency
         ).to(self.adapter.device)
-        images = torch.cat([sampler()[0] for _ in range(batches)]).to(self.adapter.device)
+        images = torch.cat([sampler()[0] for _ in range(batches)])
         scale = self.adapter.logit_scale().detach()
         chunk = max(1, DICTIONARY_IMAGES_PER_PASS // len(images))
         costs = []
         for start in tqdm(range(0, dictionary.num_candidates, chunk), desc="score image/periodic",
                           disable=not cfg.progress, leave=False):
-            signals = dictionary.signals[start : start + chunk]
-            triggered = (images.unsqueeze(0) + dictionary.amplitude * signals.unsqueeze(1)).clamp(0, 1)
-            emb = self.adapter.encode_image(triggered.flatten(0, 1)).view(len(signals), len(images), -1)
+            atoms = list(range(start, min(start + chunk, dictionary.num_candidates)))
+            emb = side.embed(dictionary.select(atoms), images, None)  # [atoms, B, D]
             log_probs = torch.log_softmax(scale * emb @ targets.t(), dim=-1)  # [atoms, B, concepts]
             costs.append(-log_probs[..., subset].mean(1))
         costs = torch.cat(costs)  # [atoms, len(subset)]

@@ -93,6 +93,10 @@ class PeriodicTrigger(ImageTriggerFamily):
             signal = strength.view(-1, 1, 1, 1).to(signal) * signal
         return (images + signal).clamp(0, 1)
 
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        signals = self.amplitude * self.signals.to(images.device, images.dtype)
+        return (images.unsqueeze(0) + signals.unsqueeze(1)).clamp(0, 1)
+
     def select(self, indices: list[int]) -> PeriodicTrigger:
         return PeriodicTrigger(self.signals[indices], self.amplitude, [self.atoms[i] for i in indices])
 
