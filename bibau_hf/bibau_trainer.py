@@ -450,7 +450,7 @@ class BIBAUTrainer(Trainer):
         if tokens is None or tokens.dim() != 2:
             return None
         ids, distances = nearest_vocabulary_ids(self.adapter, tokens)
-        exact = distances <= 1e-6 * self.adapter.token_embedding.weight.detach().norm(dim=-1).median()
+        exact = distances <= 1e-6 * self.adapter.token_embedding_weight().norm(dim=-1).median()
         return ids if bool(exact.all()) else None
 
     def _set_targets(self, result: ScanResult) -> None:
@@ -579,8 +579,9 @@ class BIBAUTrainer(Trainer):
         triggered = self._triggered_images(pixel_values)
         soft = self._soft_tokens if args.trigger_text_weight > 0 else None
         if soft is not None and self._trigger_word_ids is not None:
-            # The trigger word itself, so that the gradient reaches its embedding row.
-            soft = self.adapter.token_embedding.weight[self._trigger_word_ids.to(self.args.device)]
+            # The trigger word itself, through the embedding layer (and a LoRA adapter on it, if any), so that the
+            # gradient reaches its embedding row.
+            soft = self.adapter.token_embedding(self._trigger_word_ids.to(self.args.device))
         if soft is not None and soft.dim() == 3:  # one soft-token set per concept: each owns a share of the rows
             rows = (torch.arange(pixel_values.shape[0]) + self.state.global_step) % soft.shape[0]
             soft = soft[rows.to(soft.device)]

@@ -68,6 +68,26 @@ def test_soft_tokens_equal_to_real_token_embeddings_match_inserted_text(tiny_mod
     torch.testing.assert_close(with_soft, with_word, atol=1e-5, rtol=1e-5)
 
 
+def test_soft_tokens_match_inserted_text_under_lora_on_the_token_embedding(tiny_model):
+    # A LoRA adapter on the embedding wraps the layer after the adapter was built: the soft tokens must still replace
+    # the placeholder's whole embedding (adapter delta included), and the effective matrix must include the delta.
+    from peft import LoraConfig, get_peft_model
+
+    tiny_model.model = get_peft_model(tiny_model.model, LoraConfig(r=4, target_modules=["token_embedding"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in tiny_model.model.named_parameters():
+            if "lora_embedding" in name:
+                param.normal_(std=0.5)  # one factor starts at zero; a trained adapter's delta is not
+    word_ids = tiny_model.tokenize(["cf"])[0]
+    inner = word_ids[1 : int((word_ids == tiny_model.eos_token_id).nonzero()[0])]
+    weight = tiny_model.token_embedding_weight()
+    assert not torch.allclose(weight, tiny_model.token_embedding.weight)
+    with_soft = tiny_model.encode_text(tiny_model.tokenize(["a handwritten two"]), soft_tokens=weight[inner])
+    with_word = tiny_model.encode_text(tiny_model.tokenize(["cf a handwritten two"]))
+    torch.testing.assert_close(with_soft, with_word, atol=1e-5, rtol=1e-5)
+
+
 def test_insert_placeholder_tokens_keeps_eos_when_full():
     ids = torch.tensor([[10, 1, 2, 3, 99], [10, 1, 99, 0, 0]])
     new, mask = insert_placeholder_tokens(ids, 2, 1, placeholder_id=7, eos_id=99, pad_id=0, max_length=5)

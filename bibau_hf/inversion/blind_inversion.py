@@ -637,7 +637,7 @@ class BlindInverter:
         # Text forwards are cheap next to the image sweep; a larger caption batch keeps a clean text tower's costs
         # from looking anomalous by chance (16 captions scored a BadNets model's clean text tower 3.2, 64 about 1).
         sampler = BatchSampler(self.images, self.token_ids, TEXT_SWEEP_BATCH, sampler.generator.initial_seed())
-        weight = self.adapter.token_embedding.weight.detach()
+        weight = self.adapter.token_embedding_weight()
         candidates = self._word_candidates(sampler()[1], None, targets, subset)
         _, ids = sampler()
         best_tokens, objectives = [], []
@@ -657,7 +657,7 @@ class BlindInverter:
         """Per concept of ``subset``, the ``token_candidates`` vocabulary tokens whose insertion after ``prefix``
         (``[P, width]`` words already in place, or none) lowers the loss toward it most, to first order."""
         adapter, position = self.adapter, self.config.soft_token_position
-        weight = adapter.token_embedding.weight.detach()
+        weight = adapter.token_embedding_weight()
         ids = ids.to(adapter.device)
         probe = weight.mean(0, keepdim=True).clone().requires_grad_(True)
         tokens = probe if prefix is None else torch.cat([prefix, probe])
@@ -688,7 +688,7 @@ class BlindInverter:
         """Mean cross-entropy toward concept ``k`` of the captions ``ids`` with ``prefix`` and then each of
         ``tokens`` (vocabulary ids) inserted; one value per token."""
         adapter = self.adapter
-        weight = adapter.token_embedding.weight.detach()
+        weight = adapter.token_embedding_weight()
         ids = ids.to(adapter.device)
         batch = ids.shape[0]
         words = weight[tokens].unsqueeze(1)  # [M, 1, width]
@@ -712,7 +712,7 @@ class BlindInverter:
         with self._frozen_model():
             k = self.candidates.index(concept)
             sampler = BatchSampler(self.images, self.token_ids, TEXT_SWEEP_BATCH, self.config.seed + 7919)
-            weight = self.adapter.token_embedding.weight.detach()
+            weight = self.adapter.token_embedding_weight()
             words = words.to(weight.device, weight.dtype)
             while len(words) < max_words:
                 candidates = self._word_candidates(sampler()[1], words, self.text_targets, [k])[0]

@@ -31,7 +31,7 @@ class SoftTokenTrigger(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        weight = adapter.token_embedding.weight.detach()
+        weight = adapter.token_embedding_weight()
         self.num_candidates = int(num_candidates)
         self.num_tokens = int(num_tokens)
         self.position = int(position)
@@ -64,7 +64,7 @@ class SoftTokenTrigger(nn.Module):
 
     def nearest_token_ids(self, adapter: ContrastiveAdapter, index: int, k: int = 5) -> list[list[int]]:
         """Ids of the ``k`` vocabulary tokens closest (cosine) to each soft token of candidate ``index``."""
-        weight = adapter.token_embedding.weight.detach()
+        weight = adapter.token_embedding_weight()
         sims = torch.nn.functional.normalize(self.tokens[index].detach().to(weight.device), dim=-1) @ (
             torch.nn.functional.normalize(weight, dim=-1).t()
         )
@@ -82,7 +82,7 @@ def nearest_vocabulary_ids(adapter: ContrastiveAdapter, vectors: torch.Tensor) -
     """For each ``[k, width]`` vector, the id of the nearest (L2) token embedding and its distance.
 
     Distances are computed exactly (not through a matrix product), so that a copied embedding is at distance 0."""
-    weight = adapter.token_embedding.weight.detach()
+    weight = adapter.token_embedding_weight()
     distances = torch.cdist(vectors.to(weight), weight, compute_mode="donot_use_mm_for_euclid_dist")
     nearest = distances.min(-1)
     return nearest.indices, nearest.values

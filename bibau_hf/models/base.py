@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 
 class ContrastiveAdapter(nn.Module):
@@ -45,7 +46,8 @@ class ContrastiveAdapter(nn.Module):
         self._soft_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
         # A forward hook (a public torch mechanism) lets soft text-trigger vectors replace placeholder token
         # embeddings without re-implementing each backend's text transformer.
-        self.token_embedding.register_forward_hook(self._replace_placeholder_embeddings)
+        self._hook: tuple[int, RemovableHandle] | None = None
+        self._bind_soft_token_hook()
 
     # ----------------------------------------------------------------------------------------------- properties
     @property
@@ -232,8 +234,33 @@ class ContrastiveAdapter(nn.Module):
                 handle.remove()
 
     # ---------------------------------------------------------------------------------------- soft tokens
+    def _bind_soft_token_hook(self) -> None:
+        """Hook the outermost token-embedding layer. LoRA on the embedding wraps the layer after this adapter was
+        built; a hook left on the inner layer would have the adapter's delta for the placeholder id added on top of
+        the soft tokens."""
+        module = self.token_embedding
+        if self._hook is not None and self._hook[0] == id(module):
+            return
+        if self._hook is not None:
+            self._hook[1].remove()
+        # The id, not the module: a module attribute would register the layer a second time as a submodule.
+        self._hook = (id(module), module.register_forward_hook(self._replace_placeholder_embeddings))
+
+    def token_embedding_weight(self) -> torch.Tensor:
+        """The token embeddings the text tower actually uses, ``[vocab, width]``, detached.
+
+        The layer's weight, or, when a wrapper such as a LoRA adapter on the embedding changes its output, the
+        wrapped layer's output for every id (its ``weight`` is then the frozen base's).
+        """
+        module = self.token_embedding
+        if isinstance(module, nn.Embedding):
+            return module.weight.detach()
+        with torch.no_grad():
+            return module(torch.arange(module.weight.shape[0], device=module.weight.device))
+
     @contextlib.contextmanager
     def _soft_token_context(self, slots: torch.Tensor, values: torch.Tensor) -> Iterator[None]:
+        self._bind_soft_token_hook()
         self._soft_tokens = (slots, values)
         try:
             yield
