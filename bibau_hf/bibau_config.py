@@ -297,7 +297,8 @@ class BIBAUConfig(TrainingArguments):
         default_factory=list,
         metadata={
             "help": "Modules to adapt; default per backend (HF: every linear layer of attention and MLP; open_clip: "
-            "c_fc, c_proj)."
+            "c_fc, c_proj). Adding token_embedding (a trigger word's row) or patch_embedding (HF; a patch's cell) "
+            "makes LoRA purification more complete against that kind of trigger (docs/METHOD_NOTES.md §26)."
         },
     )
     keep_lora_adapter: bool = field(

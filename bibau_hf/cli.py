@@ -168,8 +168,13 @@ def scan_summary(
             "posterior_top": _top(t.posterior, top_k),
         })
     flagged = [f for f in families if f["suspected"]]
-    # The suspected target is the flagged family's (the most anomalous relative to its threshold), else the scan's.
+    # The headline (target, its posterior, the posterior's top) is one family's: the flagged family most anomalous
+    # relative to its threshold, else the scan's strongest. Mixing them paired one family's target with another's
+    # posterior.
     lead = max(flagged, key=lambda f: f["score"] / max(f["threshold"], 1e-9)) if flagged else None
+    lead_trigger = result.triggers[families.index(lead)] if lead else result.strongest
+    posterior = lead_trigger.posterior if lead_trigger is not None else {}
+    target = lead_trigger.suspected_target if lead_trigger is not None else ""
     return {
         "model": model,
         "verdict": "backdoor suspected" if flagged else "no backdoor detected",
@@ -178,9 +183,9 @@ def scan_summary(
                        "confidence_gap": confidence_gap},
         "flagged_families": [f["family"] for f in flagged],
         "backdoor_score": details["backdoor_score"],
-        "suspected_target": lead["suspected_target"] if lead else details["suspected_target"],
-        "suspected_target_posterior": details["suspected_target_posterior"],
-        "posterior_top": _top(result.posterior, top_k),
+        "suspected_target": target,
+        "suspected_target_posterior": round(posterior.get(target, 0.0), 4),
+        "posterior_top": _top(posterior, top_k),
         "strongest_family": lead["family"] if lead else details["strongest_family"],
         "families": families,
         "num_clean_pairs": num_clean_pairs,

@@ -122,6 +122,33 @@ def test_scan_prints_a_verdict_and_writes_json(_tiny_models, tmp_path, capsys):
     assert "posterior top-3" in out
 
 
+def test_scan_headline_pairs_the_flagged_familys_target_with_its_own_posterior():
+    from bibau_hf.cli import scan_summary
+    from bibau_hf.inversion import InvertedTrigger, ScanResult
+
+    def family(modality, name, score, target, posterior, gap=float("nan")):
+        return InvertedTrigger(modality=modality, family=name, trigger=None, score=score, suspected_target=target,
+                               posterior=posterior, posterior_entropy=1.0, objectives={}, anomaly={},
+                               collapse=float("nan"), collapse_target=target, details={}, confidence_gap=gap)
+
+    # The text family has the highest raw score but stays under its own threshold; the warp family is flagged.
+    result = ScanResult(triggers=[
+        family("image", "warp", 2.0, "five", {"five": 0.33, "one": 0.2, "three": 0.1}, gap=0.1),
+        family("text", "soft_tokens", 2.5, "three", {"three": 0.55, "five": 0.21}),
+    ], candidates=["one", "three", "five"], natural_similarity=0.5)
+    summary = scan_summary(result, model="m", threshold=1.5, text_threshold=10.0, confidence_gap=0.12, top_k=5,
+                           num_clean_pairs=8)
+    assert summary["flagged_families"] == ["image/warp"] and summary["strongest_family"] == "image/warp"
+    assert summary["suspected_target"] == "five"
+    assert summary["suspected_target_posterior"] == 0.33
+    assert summary["posterior_top"] == {"five": 0.33, "one": 0.2, "three": 0.1}
+    # Nothing flagged: the headline is the strongest family's, consistently.
+    quiet = scan_summary(result, model="m", threshold=5.0, text_threshold=10.0, confidence_gap=0.12, top_k=5,
+                         num_clean_pairs=8)
+    assert not quiet["backdoor_suspected"] and quiet["strongest_family"] == "text/soft_tokens"
+    assert (quiet["suspected_target"], quiet["suspected_target_posterior"]) == ("three", 0.55)
+
+
 def _fake_reporting(monkeypatch, calls: list) -> None:
     """Stand-in for bibau_hf.reporting (written elsewhere): records what the command line asks of it."""
     fake = types.ModuleType("bibau_hf.reporting")

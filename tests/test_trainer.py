@@ -10,7 +10,7 @@ import torch
 
 from bibau_hf.attacks.plant import load_attack
 from bibau_hf.bibau_config import BIBAUConfig
-from bibau_hf.bibau_trainer import REPORT_FILE, BIBAUTrainer, distributed_clip_loss
+from bibau_hf.bibau_trainer import DEFAULT_LORA_TARGETS, REPORT_FILE, BIBAUTrainer, distributed_clip_loss
 from bibau_hf.contrastive import clip_loss
 from bibau_hf.data import ImageTextDataset
 from bibau_hf.errors import BIBAUError
@@ -520,6 +520,24 @@ def test_trigger_word_is_unlearned_through_its_embedding_row(tiny_model, digits_
     tiny_model.zero_grad()
     trainer.compute_loss(tiny_model, batch).backward()
     assert weight.grad[word].abs().sum() == 0
+
+
+def test_trigger_word_reaches_a_lora_adapter_on_the_token_embedding(tiny_model, digits_data, tmp_path):
+    data = small_clean_set(digits_data, 16)
+    targets = [*DEFAULT_LORA_TARGETS[tiny_model.backend], "token_embedding"]
+    trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, use_lora=True, lora_target_modules=targets), data)
+    batch = trainer.data_collator([data[i] for i in range(16)])
+    weight = tiny_model.token_embedding_weight()
+    word = next(i for i in range(100, weight.shape[0]) if not (batch["input_ids"] == i).any())
+    trainer._soft_tokens = weight[word : word + 1].clone()
+    trainer._trigger_word_ids = trainer._vocabulary_ids(trainer._soft_tokens)
+    assert trainer._trigger_word_ids.tolist() == [word]
+    layer = tiny_model.token_embedding
+    factor_a = next(iter(layer.lora_embedding_A.values()))  # [r, vocab]: a word's own column
+    tiny_model.zero_grad()
+    trainer.compute_loss(tiny_model, batch).backward()
+    # The clean captions never contain the word: only the trigger term reaches the adapter's column for it.
+    assert factor_a.grad[:, word].abs().sum() > 0
 
 
 def test_trigger_phrase_grows_only_by_words_that_halve_the_loss(tiny_model, digits_data):
