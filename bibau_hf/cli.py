@@ -121,6 +121,10 @@ def _add_scan_parser(commands: argparse._SubParsersAction) -> None:
     inversion.add_argument("--max_candidates", type=int, default=defaults.max_candidates,
                            help="most candidate concepts in the targeted inversion")
     inversion.add_argument("--seed", type=int, default=0, help="seed of the data subset and the inversion")
+    inversion.add_argument("--repeats", type=int, default=1,
+                           help="run the inversion this many times (seeds seed, seed+1, ...; same clean pairs) and "
+                           "flag a family only when it passes its gates toward the same target in most runs; one "
+                           "run's image score is noisy near the threshold")
     output = parser.add_argument_group("output")
     output.add_argument("--threshold", type=float, default=IMAGE_THRESHOLD,
                         help="an image trigger family at or above this score means 'backdoor suspected'")
@@ -196,14 +200,62 @@ def scan_summary(
     }
 
 
+def combine_repeats(summaries: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """The majority verdict of scans repeated with different inversion seeds (:func:`scan_summary` each, same data).
+
+    A family is flagged when it passes its gates toward one same target in more than half of the runs. The headline
+    (target, posterior) comes from the run where the leading flagged family scored highest; with nothing flagged
+    it is the first run's. The runs' own summaries are kept under ``runs``.
+    """
+    from collections import Counter
+    from statistics import median
+
+    runs = len(summaries)
+    families = []
+    for index, first in enumerate(summaries[0]["families"]):
+        entries = [summary["families"][index] for summary in summaries]
+        targets = [entry["suspected_target"] for entry in entries]
+        target, agreeing = Counter(targets).most_common(1)[0]
+        passing = [i for i, entry in enumerate(entries) if entry["suspected"] and entry["suspected_target"] == target]
+        families.append({
+            "family": first["family"], "threshold": first["threshold"],
+            "scores": [entry["score"] for entry in entries],
+            "median_score": round(median(entry["score"] for entry in entries), 3),
+            "targets": targets, "majority_target": target, "agreement": round(agreeing / runs, 4),
+            "suspected_runs": len(passing), "suspected": 2 * len(passing) > runs,
+            "_best_run": max(passing, key=lambda i: entries[i]["score"]) if passing else None,
+        })
+    flagged = [f for f in families if f["suspected"]]
+    lead = max(flagged, key=lambda f: f["median_score"] / max(f["threshold"], 1e-9)) if flagged else None
+    if lead is None:
+        base = dict(summaries[0])
+    else:
+        base = dict(summaries[lead["_best_run"]])
+        entry = next(f for f in base["families"] if f["family"] == lead["family"])
+        base.update(suspected_target=lead["majority_target"], strongest_family=lead["family"],
+                    suspected_target_posterior=entry["posterior_top"].get(lead["majority_target"], 0.0),
+                    posterior_top=entry["posterior_top"])
+    for family in families:
+        del family["_best_run"]
+    base.update(
+        verdict="backdoor suspected" if flagged else "no backdoor detected", backdoor_suspected=bool(flagged),
+        flagged_families=[f["family"] for f in flagged],
+        seconds=round(sum(summary["seconds"] for summary in summaries), 2),
+        repeats={"seeds": seeds, "families": families, "runs": summaries},
+    )
+    return base
+
+
 def format_scan(summary: dict[str, Any]) -> str:
     """The human-readable table of :func:`scan_summary`."""
     verdict = summary["verdict"].upper() if summary["backdoor_suspected"] else summary["verdict"]
     levels = summary["thresholds"]
-    flagged = (", ".join(summary["flagged_families"]) + " at or above their tower's threshold"
+    repeats = summary.get("repeats")
+    runs = f" toward one target in most of {len(repeats['seeds'])} runs" if repeats else ""
+    flagged = (", ".join(summary["flagged_families"]) + f" at or above their tower's threshold{runs}"
                if summary["flagged_families"] else
                f"no family at or above its tower's threshold (image {levels['image']:g}, text {levels['text']:g}) "
-               f"with an image confidence gap of at most {levels['confidence_gap']:g}")
+               f"with an image confidence gap of at most {levels['confidence_gap']:g}{runs}")
     posterior = ", ".join(f"{c} {p:.3f}" for c, p in summary["posterior_top"].items()) or "-"
     lines = [
         f"model             {summary['model']}",
@@ -225,6 +277,20 @@ def format_scan(summary: dict[str, Any]) -> str:
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     table.insert(1, "  ".join("-" * w for w in widths))
     lines += table
+    if repeats:
+        seeds = ", ".join(map(str, repeats["seeds"]))
+        lines += ["", f"over {len(repeats['seeds'])} runs (seeds {seeds}): the verdict flags a family that passes its "
+                  "gates toward one target in most runs; the table above is one run's"]
+        rows = [("family", "scores", "median", "majority target", "passes")]
+        for family in repeats["families"]:
+            rows.append((family["family"], " ".join(f"{score:.2f}" for score in family["scores"]),
+                         f"{family['median_score']:.3f}",
+                         f"{family['majority_target']} ({family['agreement']:.0%})",
+                         f"{family['suspected_runs']}/{len(repeats['seeds'])}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        block = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        block.insert(1, "  ".join("-" * w for w in widths))
+        lines += block
     lines.append(f"scan took {summary['seconds']:.1f}s")
     return "\n".join(lines)
 
@@ -236,7 +302,7 @@ def scan_command(args: argparse.Namespace) -> dict[str, Any]:
     from .models import load_adapter
 
     for name in ("max_clean_samples", "inversion_steps", "score_steps", "inversion_restarts", "max_candidates",
-                 "top_k"):
+                 "top_k", "repeats"):
         if getattr(args, name) < 1:
             raise BIBAUError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.inversion_batch_size < 2:
@@ -253,16 +319,22 @@ def scan_command(args: argparse.Namespace) -> dict[str, Any]:
     if len(train) < 2:
         raise DataError(f"{dataset} gave {len(train)} clean pair(s); the scan needs at least 2")
     concepts = args.concepts or (test.class_names if test is not None else train.class_names) or None
-    config = InversionConfig(
-        steps=args.inversion_steps, score_steps=args.score_steps, batch_size=args.inversion_batch_size,
-        restarts=args.inversion_restarts, image_families=tuple(args.trigger_families),
-        invert_image=args.invert_towers in ("both", "image"), invert_text=args.invert_towers in ("both", "text"),
-        max_candidates=args.max_candidates, seed=args.seed, progress=not args.quiet,
-    )
-    result = scan(model, train.images, train.captions, concepts=concepts, config=config)
-    summary = scan_summary(result, model=str(args.model), threshold=args.threshold,
-                           text_threshold=args.text_threshold, top_k=args.top_k, num_clean_pairs=len(train),
-                           confidence_gap=args.confidence_gap, periodic_threshold=args.periodic_threshold)
+    seeds = [args.seed + run for run in range(args.repeats)]
+    summaries = []
+    for seed in seeds:
+        config = InversionConfig(
+            steps=args.inversion_steps, score_steps=args.score_steps, batch_size=args.inversion_batch_size,
+            restarts=args.inversion_restarts, image_families=tuple(args.trigger_families),
+            invert_image=args.invert_towers in ("both", "image"), invert_text=args.invert_towers in ("both", "text"),
+            max_candidates=args.max_candidates, seed=seed, progress=not args.quiet,
+        )
+        result = scan(model, train.images, train.captions, concepts=concepts, config=config)
+        summaries.append(scan_summary(
+            result, model=str(args.model), threshold=args.threshold, text_threshold=args.text_threshold,
+            top_k=args.top_k, num_clean_pairs=len(train), confidence_gap=args.confidence_gap,
+            periodic_threshold=args.periodic_threshold,
+        ))
+    summary = summaries[0] if len(summaries) == 1 else combine_repeats(summaries, seeds)
     if args.json_path:
         path = Path(args.json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -122,31 +122,79 @@ def test_scan_prints_a_verdict_and_writes_json(_tiny_models, tmp_path, capsys):
     assert "posterior top-3" in out
 
 
-def test_scan_headline_pairs_the_flagged_familys_target_with_its_own_posterior():
+def _family(modality, name, score, target, posterior, gap=float("nan")):
+    from bibau_hf.inversion import InvertedTrigger
+
+    return InvertedTrigger(modality=modality, family=name, trigger=None, score=score, suspected_target=target,
+                           posterior=posterior, posterior_entropy=1.0, objectives={}, anomaly={},
+                           collapse=float("nan"), collapse_target=target, details={}, confidence_gap=gap)
+
+
+def _summary(*families, threshold=1.5):
     from bibau_hf.cli import scan_summary
-    from bibau_hf.inversion import InvertedTrigger, ScanResult
+    from bibau_hf.inversion import ScanResult
 
-    def family(modality, name, score, target, posterior, gap=float("nan")):
-        return InvertedTrigger(modality=modality, family=name, trigger=None, score=score, suspected_target=target,
-                               posterior=posterior, posterior_entropy=1.0, objectives={}, anomaly={},
-                               collapse=float("nan"), collapse_target=target, details={}, confidence_gap=gap)
+    result = ScanResult(triggers=list(families), candidates=["zero", "one", "three", "five"], natural_similarity=0.5,
+                        seconds=1.0)
+    return scan_summary(result, model="m", threshold=threshold, text_threshold=10.0, confidence_gap=0.12, top_k=5,
+                        num_clean_pairs=8)
 
+
+def test_scan_headline_pairs_the_flagged_familys_target_with_its_own_posterior():
     # The text family has the highest raw score but stays under its own threshold; the warp family is flagged.
-    result = ScanResult(triggers=[
-        family("image", "warp", 2.0, "five", {"five": 0.33, "one": 0.2, "three": 0.1}, gap=0.1),
-        family("text", "soft_tokens", 2.5, "three", {"three": 0.55, "five": 0.21}),
-    ], candidates=["one", "three", "five"], natural_similarity=0.5)
-    summary = scan_summary(result, model="m", threshold=1.5, text_threshold=10.0, confidence_gap=0.12, top_k=5,
-                           num_clean_pairs=8)
+    warp = _family("image", "warp", 2.0, "five", {"five": 0.33, "one": 0.2, "three": 0.1}, gap=0.1)
+    text = _family("text", "soft_tokens", 2.5, "three", {"three": 0.55, "five": 0.21})
+    summary = _summary(warp, text)
     assert summary["flagged_families"] == ["image/warp"] and summary["strongest_family"] == "image/warp"
     assert summary["suspected_target"] == "five"
     assert summary["suspected_target_posterior"] == 0.33
     assert summary["posterior_top"] == {"five": 0.33, "one": 0.2, "three": 0.1}
     # Nothing flagged: the headline is the strongest family's, consistently.
-    quiet = scan_summary(result, model="m", threshold=5.0, text_threshold=10.0, confidence_gap=0.12, top_k=5,
-                         num_clean_pairs=8)
+    quiet = _summary(warp, text, threshold=5.0)
     assert not quiet["backdoor_suspected"] and quiet["strongest_family"] == "text/soft_tokens"
     assert (quiet["suspected_target"], quiet["suspected_target_posterior"]) == ("three", 0.55)
+
+
+def test_repeated_scans_flag_a_family_that_passes_toward_one_target_in_most_runs():
+    from bibau_hf.cli import combine_repeats, format_scan
+
+    def one_run(mask_score, mask_target, warp_score):
+        return _summary(_family("image", "mask", mask_score, mask_target, {mask_target: 0.4, "one": 0.1}, gap=0.0),
+                        _family("image", "warp", warp_score, "one", {"one": 0.3, "zero": 0.2}, gap=0.0))
+
+    # mask: under the gate once, over it twice toward "zero"; warp: over it in one run only.
+    combined = combine_repeats([one_run(1.1, "zero", 0.7), one_run(2.2, "zero", 1.9), one_run(3.4, "zero", 0.6)],
+                               [0, 1, 2])
+    mask, warp = combined["repeats"]["families"]
+    assert mask["scores"] == [1.1, 2.2, 3.4] and mask["median_score"] == 2.2 and mask["suspected_runs"] == 2
+    assert mask["suspected"] and mask["majority_target"] == "zero" and mask["agreement"] == 1.0
+    assert warp["suspected_runs"] == 1 and not warp["suspected"]
+    assert combined["flagged_families"] == ["image/mask"] and combined["verdict"] == "backdoor suspected"
+    # The headline is the strongest passing run's (the third): its own family's posterior for that target.
+    assert combined["suspected_target"] == "zero" and combined["suspected_target_posterior"] == 0.4
+    assert combined["families"][0]["score"] == 3.4 and combined["seconds"] == 3.0
+    assert len(combined["repeats"]["runs"]) == 3 and "over 3 runs (seeds 0, 1, 2)" in format_scan(combined)
+    # Passing twice toward different targets is no majority.
+    split = combine_repeats([one_run(2.0, "zero", 0.5), one_run(2.0, "five", 0.5), one_run(1.0, "zero", 0.5)],
+                            [0, 1, 2])
+    assert not split["backdoor_suspected"] and split["repeats"]["families"][0]["suspected_runs"] == 1
+
+
+def test_scan_repeats_runs_the_inversion_once_per_seed(_tiny_models, tmp_path, capsys):
+    model = tmp_path / "model"
+    _tiny_models["hf"].save_native(model)
+    code, out, _ = run(["scan", model, *FAST_SCAN, "--invert_towers", "image", "--repeats", "2", "--seed", "3",
+                        "--format", "json"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    repeats = result["repeats"]
+    assert repeats["seeds"] == [3, 4] and len(repeats["runs"]) == 2
+    for family in repeats["families"]:
+        assert len(family["scores"]) == 2
+        assert family["suspected"] == (family["suspected_runs"] == 2)
+    assert result["flagged_families"] == [f["family"] for f in repeats["families"] if f["suspected"]]
+    code, _, err = run(["scan", model, *FAST_SCAN, "--repeats", "0"], capsys)
+    assert code == 2 and "--repeats must be >= 1" in err
 
 
 def _fake_reporting(monkeypatch, calls: list) -> None:
