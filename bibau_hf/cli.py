@@ -246,6 +246,14 @@ def combine_repeats(summaries: list[dict[str, Any]], seeds: list[int]) -> dict[s
     return base
 
 
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as left-aligned text columns, the first one a header underlined with dashes."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
 def format_scan(summary: dict[str, Any]) -> str:
     """The human-readable table of :func:`scan_summary`."""
     verdict = summary["verdict"].upper() if summary["backdoor_suspected"] else summary["verdict"]
@@ -273,10 +281,7 @@ def format_scan(summary: dict[str, Any]) -> str:
         rows.append((family["family"], f"{family['score']:.3f}", f"{family['threshold']:g}",
                      "-" if family_gap is None else f"{family_gap:.3f}", target,
                      f"{family['posterior_top'].get(target, 0.0):.3f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    table.insert(1, "  ".join("-" * w for w in widths))
-    lines += table
+    lines += _aligned(rows)
     if repeats:
         seeds = ", ".join(map(str, repeats["seeds"]))
         lines += ["", f"over {len(repeats['seeds'])} runs (seeds {seeds}): the verdict flags a family that passes its "
@@ -287,10 +292,7 @@ def format_scan(summary: dict[str, Any]) -> str:
                          f"{family['median_score']:.3f}",
                          f"{family['majority_target']} ({family['agreement']:.0%})",
                          f"{family['suspected_runs']}/{len(repeats['seeds'])}"))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        block = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        block.insert(1, "  ".join("-" * w for w in widths))
-        lines += block
+        lines += _aligned(rows)
     lines.append(f"scan took {summary['seconds']:.1f}s")
     return "\n".join(lines)
 
