@@ -20,22 +20,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from family_scan import defender_data, scan_family, write_result  # noqa: E402
 from run_lab import ATTACKS, CIFAR, plant  # noqa: E402
 
 from bibau_hf.inversion import CONFIDENCE_GAP_THRESHOLD, PERIODIC_THRESHOLD  # noqa: E402
 
 
 def scan_row(dataset: str, seed: int, attack: str, folder: Path, data) -> dict:
-    from bibau_hf.bibau_config import BIBAUConfig
-    from bibau_hf.inversion import scan
-    from bibau_hf.models import load_adapter
-
-    clean, test = data
-    config = BIBAUConfig(output_dir=str(folder.parent / "_scan"), seed=seed, trigger_families=["periodic"],
-                         invert_towers="image")
+    found = scan_family(folder, data, seed, "periodic")
     record = json.loads((folder / "attack.json").read_text())
-    found = scan(load_adapter(folder), clean.images, clean.captions, concepts=test.class_names,
-                 config=config.inversion_config(progress=False)).triggers[0]
     return {"dataset": dataset, "seed": seed, "attack": attack, "true_target": record["target_name"],
             "score": round(found.score, 3), "target": found.suspected_target,
             "confidence_gap": round(found.confidence_gap, 4),
@@ -74,14 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scan_periodic.json"))
     args = parser.parse_args(argv)
 
-    from bibau_hf.data.sources import load_train_and_eval
-
     runs, rows = Path(args.runs), []
     for dataset in args.datasets:
         source = "digits" if dataset == "digits" else str(CIFAR)
         for seed in args.seeds:
-            train, test = load_train_and_eval(source, seed=seed)
-            data = (train.take_fraction(0.05, seed=seed), test)  # the benchmark's defender data for this seed
+            data = defender_data(source, seed)
             for attack in args.attacks:
                 folder = runs / f"{dataset}_hf_{attack}_s{seed}"
                 if not (folder / "attack.json").is_file():
@@ -93,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": "python benchmarks/scan_periodic.py " + " ".join(argv or sys.argv[1:]),
               "periodic_unlearn_threshold": PERIODIC_THRESHOLD, "confidence_gap_threshold": CONFIDENCE_GAP_THRESHOLD,
               "tally": tally(rows), "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    for line in result["tally"]:
-        print(json.dumps(line, ensure_ascii=False))
+    write_result(args.out, result)
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from family_scan import defender_data, scan_family, write_result  # noqa: E402
 from run_lab import ATTACKS, plant  # noqa: E402
 
 from bibau_hf.inversion import CONFIDENCE_GAP_THRESHOLD, IMAGE_THRESHOLD  # noqa: E402
@@ -28,16 +29,7 @@ GATES = (CONFIDENCE_GAP_THRESHOLD, 0.065)
 
 
 def scan_row(seed: int, attack: str, bound: float, runs: Path, data) -> dict:
-    from bibau_hf.bibau_config import BIBAUConfig
-    from bibau_hf.inversion import scan
-    from bibau_hf.models import load_adapter
-
-    clean, test = data
-    config = BIBAUConfig(output_dir=str(runs / "_scan"), seed=seed, warp_max_shift=bound, trigger_families=["warp"],
-                         invert_towers="image")
-    model = load_adapter(runs / f"digits_hf_{attack}_s{seed}")
-    found = scan(model, clean.images, clean.captions, concepts=test.class_names,
-                 config=config.inversion_config(progress=False)).triggers[0]
+    found = scan_family(runs / f"digits_hf_{attack}_s{seed}", data, seed, "warp", warp_max_shift=bound)
     return {"seed": seed, "attack": attack, "bound": bound, "score": round(found.score, 3),
             "target": found.suspected_target, "confidence_gap": round(found.confidence_gap, 4),
             "mean_shift_pixels": round(found.details["mean_shift_pixels"], 3)}
@@ -69,12 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scan_warp_bound.json"))
     args = parser.parse_args(argv)
 
-    from bibau_hf.data.sources import load_train_and_eval
-
     runs, rows = Path(args.runs), []
     for seed in args.seeds:
-        train, test = load_train_and_eval("digits", seed=seed)
-        data = (train.take_fraction(0.05, seed=seed), test)  # the benchmark's defender data for this seed
+        data = defender_data("digits", seed)
         for attack in ["clean", *ATTACKS]:
             plant("digits", "hf", attack, seed, runs, False)
             for bound in args.bounds:
@@ -82,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(rows[-1]), flush=True)
     result = {"command": "python benchmarks/scan_warp_bound.py " + " ".join(argv or sys.argv[1:]),
               "unlearn_threshold": IMAGE_THRESHOLD, "tally": tally(rows, IMAGE_THRESHOLD), "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    for line in result["tally"]:
-        print(json.dumps(line, ensure_ascii=False))
+    write_result(args.out, result)
     return 0
 
 
