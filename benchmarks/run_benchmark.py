@@ -28,6 +28,7 @@ import argparse
 import ctypes
 import dataclasses
 import gc
+import hashlib
 import json
 import math
 import os
@@ -50,7 +51,7 @@ from run_lab import ATTACKS, CIFAR, plant  # noqa: E402
 
 METHODS = ["no_defense", "clean_finetune", "cleanclip", "ibau", "bibau", "bibau_lora"]
 ABLATIONS = ["bibau_no_text", "bibau_no_target", "bibau_no_prior", "bibau_mask_only", "bibau_additive",
-             "bibau_no_extrapolation", "bibau_all_families", "bibau_patch", "bibau_wide_warp", "bibau_periodic"]
+             "bibau_no_extrapolation", "bibau_no_patch", "bibau_all_families", "bibau_wide_warp", "bibau_periodic"]
 REFERENCE = "clean_reference"
 LABELS = {
     REFERENCE: "clean reference (never poisoned)", "no_defense": "no defense", "clean_finetune": "clean fine-tuning",
@@ -58,7 +59,7 @@ LABELS = {
     "bibau_no_text": "BI-BAU − text branch", "bibau_no_target": "BI-BAU − target push",
     "bibau_no_prior": "BI-BAU − prior", "bibau_mask_only": "BI-BAU mask family only",
     "bibau_additive": "BI-BAU additive family only", "bibau_no_extrapolation": "BI-BAU − path extrapolation",
-    "bibau_all_families": "BI-BAU + additive family", "bibau_patch": "BI-BAU + patch completion",
+    "bibau_all_families": "BI-BAU + additive family", "bibau_no_patch": "BI-BAU − patch completion",
     "bibau_wide_warp": "BI-BAU, warp bound 1/4", "bibau_periodic": "BI-BAU + periodic family",
 }
 QUICK = {
@@ -282,11 +283,34 @@ def defend(ctx: Context, method: str, model, work: str) -> dict[str, Any]:
     raise KeyError(f"unknown method {method!r}")
 
 
+def library_defaults(config_class: type | None = None) -> str:
+    """A fingerprint of the defaults BIBAUConfig sets (its own fields, and TrainingArguments' fields whose default it
+    changes). Every method's budget and BI-BAU's behaviour come from them, so a cached cell computed before a default
+    changed must not be reused after."""
+    from transformers import TrainingArguments
+
+    from bibau_hf.bibau_config import BIBAUConfig
+
+    def default(f: dataclasses.Field) -> Any:
+        if f.default_factory is not dataclasses.MISSING:
+            return f.default_factory()
+        return None if f.default is dataclasses.MISSING else f.default
+
+    inherited = {f.name: default(f) for f in dataclasses.fields(TrainingArguments)}
+    defaults = {}
+    for f in dataclasses.fields(config_class or BIBAUConfig):
+        value = default(f)
+        if f.name not in inherited or inherited[f.name] != value:
+            defaults[f.name] = value
+    return hashlib.sha256(json.dumps(defaults, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def cell_settings(args: argparse.Namespace, method: str) -> dict[str, Any]:
     """Everything that changes a cell's numbers: a cached cell is reused only when these are equal."""
     import baselines
 
     settings = {"fraction": args.fraction, "config": dict(sorted(args.config_overrides.items())),
+                "defaults": library_defaults(),
                 "retune": {**RETUNE, "draws": RETUNE_SEEDS}, "device": args.device, "backend": args.backend}
     if method in baselines.VARIANTS:
         settings["variant"] = baselines.VARIANTS[method]

@@ -287,7 +287,7 @@ def test_variants_change_exactly_their_knob(tmp_path):
         "bibau_no_prior": {"prior_type": "none"}, "bibau_additive": {"trigger_families": ["additive"]},
         "bibau_mask_only": {"trigger_families": ["mask"]}, "bibau_no_extrapolation": {"path_extrapolation": 1.0},
         "bibau_all_families": {"trigger_families": ["mask", "warp", "additive"]},
-        "bibau_patch": {"patch_completion": True}, "bibau_wide_warp": {"warp_max_shift": 0.25},
+        "bibau_no_patch": {"patch_completion": False}, "bibau_wide_warp": {"warp_max_shift": 0.25},
         "bibau_periodic": {"trigger_families": ["mask", "warp", "periodic"]},
     }
     assert set(expected) == set(baselines.VARIANTS)
@@ -316,8 +316,12 @@ def test_run_bibau_reports_what_the_benchmark_keeps(digits_data, tmp_path, _tiny
     before = params_of(model)
     info = baselines.run_bibau(model, small_set(digits_data), config)
     assert set(info) >= {"seconds", "e_step_seconds", "mode", "suspected_target", "score_before", "steps",
-                         "stopped_early"}
+                         "stopped_early", "rounds"}
     assert info["steps"] == 2 and info["mode"] == "full" and info["suspected_target"] in digits_data[1].class_names
+    # One E-step round: what it unlearned, and per completed-or-not mask family whether patch completion replaced it.
+    (round_info,) = info["rounds"]
+    assert set(round_info) == {"unlearned_targets", "patch_completed"}
+    assert all(isinstance(done, bool) for done in round_info["patch_completed"].values())
     assert not torch.equal(before, params_of(model))
 
 
@@ -336,6 +340,31 @@ def test_peak_memory_sees_an_allocation():
         del block
     assert busy.peak_mb >= 48, busy.peak_mb
     assert idle.peak_mb < 16, idle.peak_mb
+
+
+def test_cached_cells_are_not_reused_once_a_library_default_changes():
+    import dataclasses
+
+    import run_benchmark
+
+    @dataclasses.dataclass
+    class SameDefaults(BIBAUConfig):
+        pass
+
+    @dataclasses.dataclass
+    class CompletionOff(BIBAUConfig):
+        patch_completion: bool = False
+
+    @dataclasses.dataclass
+    class OtherBudget(BIBAUConfig):
+        max_steps: int = 301
+
+    current = run_benchmark.library_defaults()
+    assert run_benchmark.library_defaults(SameDefaults) == current
+    assert run_benchmark.library_defaults(CompletionOff) != current
+    assert run_benchmark.library_defaults(OtherBudget) != current  # a TrainingArguments field BIBAUConfig sets
+    args = run_benchmark.parse_args(["--datasets", "digits", "--no-render"])
+    assert run_benchmark.cell_settings(args, "bibau")["defaults"] == current
 
 
 def test_aggregation_over_seeds_and_summary():

@@ -13,8 +13,9 @@ Each variant switches off one part of the method (DESIGN §3):
   ablation but an extension: it expresses global signals such as SIG).
 - ``bibau_no_extrapolation``: ``path_extrapolation=1``: rounds start where the last one ended, with no step further
   from the suspect model.
-- ``bibau_patch``: ``patch_completion=True``: mask triggers held by a few touching ViT cells are unlearned as
-  completed cells (an extension, off by default; docs/METHOD_NOTES.md §21, §23).
+- ``bibau_no_patch``: ``patch_completion=False``: a mask trigger that a few touching ViT cells hold is unlearned as
+  re-inverted every round, not as completed cells (the default until the thirteenth session; docs/METHOD_NOTES.md
+  §21, §23, §27).
 - ``bibau_wide_warp``: ``warp_max_shift=0.25``: the warp family may move pixels twice as far, and its prior (relative
   to that bound) costs half as much per pixel (an extension, off by default; docs/METHOD_NOTES.md §24).
 
@@ -43,7 +44,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bibau_additive": {"trigger_families": ["additive"]},
     "bibau_no_extrapolation": {"path_extrapolation": 1.0},
     "bibau_all_families": {"trigger_families": ["mask", "warp", "additive"]},
-    "bibau_patch": {"patch_completion": True},
+    "bibau_no_patch": {"patch_completion": False},
     "bibau_wide_warp": {"warp_max_shift": 0.25},
     "bibau_periodic": {"trigger_families": ["mask", "warp", "periodic"]},
 }
@@ -84,4 +85,10 @@ def run_bibau(
         "score_after": report["metrics_after"].get("backdoor_score"),
         "steps": report["steps"],
         "stopped_early": report["stopped_early"],
+        # What each round unlearned, and whether patch completion replaced a family's trigger: the cell's numbers
+        # alone cannot tell a default-identical run from one where a decision changed.
+        "rounds": [{"unlearned_targets": entry.get("unlearned_targets", {}),
+                    "patch_completed": {key: bool(info.get("completed"))
+                                        for key, info in entry.get("patch_completion", {}).items()}}
+                   for entry in report["rounds"]],
     }
