@@ -263,7 +263,11 @@ class BIBAUTrainer(Trainer):
         config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                             target_modules=targets)
         try:
-            adapter.model = get_peft_model(adapter.model, config)
+            # The adapter's initialisation draws from the RNG before Trainer.__init__ seeds it: seed it from
+            # args.seed here, or a LoRA run depends on whatever drew random numbers before it (and ranks differ).
+            with torch.random.fork_rng():
+                torch.manual_seed(args.seed)
+                adapter.model = get_peft_model(adapter.model, config)
         except ValueError as err:
             raise BIBAUError(f"could not attach LoRA to modules {targets}: {err}") from err
         self._lora = True

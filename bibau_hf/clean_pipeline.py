@@ -87,14 +87,20 @@ class CleanArguments:
     )
 
 
-def _demo_model(args: CleanArguments, config: BIBAUConfig) -> str:
-    """Plant the demo's backdoored model once and reuse it (the main process plants; the others wait for it)."""
-    folder = Path(args.demo_cache_dir) / "digits_badnets_hf"
-    with config.main_process_first(local=True, desc="planting the demo backdoor"):
-        if not (folder / ATTACK_FILE).is_file():
-            print(f"[bibau] planting the demo backdoor (digits, BadNets, 5 %) into {folder} ...")
-            plant_backdoor(PlantConfig(output_dir=str(folder), overwrite_output_dir=True))
+def demo_model(cache_dir: str | None = None) -> str:
+    """The demo's backdoored model (digits, BadNets, 5 % poison; the lab's defaults): planted into
+    ``cache_dir/digits_badnets_hf`` on first use (about half a minute on 2 CPU cores), then reused."""
+    folder = Path(cache_dir or default_cache_dir()) / "digits_badnets_hf"
+    if not (folder / ATTACK_FILE).is_file():
+        print(f"[bibau] planting the demo backdoor (digits, BadNets, 5 %) into {folder} ...")
+        plant_backdoor(PlantConfig(output_dir=str(folder), overwrite_output_dir=True))
     return str(folder)
+
+
+def _demo_model(args: CleanArguments, config: BIBAUConfig) -> str:
+    """:func:`demo_model`, planted by the main process while the others wait for it."""
+    with config.main_process_first(local=True, desc="planting the demo backdoor"):
+        return demo_model(args.demo_cache_dir)
 
 
 def _load_clean_data(

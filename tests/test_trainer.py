@@ -77,6 +77,17 @@ def test_lora_default_targets_attention_and_mlp_on_hf_and_the_mlp_on_open_clip(t
     assert adapted == expected
 
 
+def test_lora_initialisation_follows_the_seed_not_the_global_random_state(tiny_model, digits_data, tmp_path):
+    def adapter_weights(draws_before: int, seed: int) -> torch.Tensor:
+        model = copy.deepcopy(tiny_model)
+        torch.manual_seed(draws_before)  # whatever ran before the trainer was built
+        BIBAUTrainer(model, make_config(tmp_path, use_lora=True, seed=seed), small_clean_set(digits_data, 32))
+        return torch.cat([p.detach().flatten() for n, p in model.model.named_parameters() if "lora_A" in n])
+
+    assert torch.equal(adapter_weights(1, seed=0), adapter_weights(2, seed=0))
+    assert not torch.equal(adapter_weights(1, seed=0), adapter_weights(1, seed=1))
+
+
 def test_every_loss_term_is_computed_and_logged(tiny_model, digits_data, tmp_path):
     data = small_clean_set(digits_data, 32)
     config = make_config(tmp_path, max_steps=1, em_rounds=1, concept_names=digits_data[1].class_names)
