@@ -213,16 +213,17 @@ class BIBAUConfig(TrainingArguments):
         metadata={"help": "Also apply inverted mask and additive triggers at random offsets in the M-step (a warp "
                   "varies in strength instead, see warp_strength)."},
     )
-    patch_completion: bool = field(
-        default=True,
+    patch_completion: bool | None = field(
+        default=None,
         metadata={
             "help": "Unlearn a mask trigger that a few touching cells of the vision tower hold (at round 0) as those "
             "whole cells, with the found pixels kept and the rest filled by the pattern that drives images to the "
             "target hardest; every round's re-inversion that is still such a patch adds one, and all are unlearned in "
             "place of the re-inverted trigger, which drifts onto the target's natural features once the patch no "
-            "longer fires. On the digits BadNets models it took CA from 94.2 to 96.2 percent (seeds 0-2) at the same "
-            "ASR, and no measured cell lost CA (docs/METHOD_NOTES.md §21, §23, §27). A tower without a cell grid "
-            "(a ResNet) skips it."
+            "longer fires. Default (unset): on for full fine-tuning, off with use_lora. Full model, digits BadNets "
+            "seeds 0-2: CA 94.2 -> 96.2 percent at the same ASR and retuned ASR; with LoRA it bought 0.9 CA points "
+            "but the retuning attack brought 30 instead of 10 percent back (docs/METHOD_NOTES.md §21, §23, §27). A "
+            "tower without a cell grid (a ResNet) skips it."
         },
     )
     patch_max_cells: int = field(
@@ -394,6 +395,11 @@ class BIBAUConfig(TrainingArguments):
             raise BIBAUError("per_device_train_batch_size must be >= 2 for a contrastive loss")
         if self.use_lora and self.lora_r < 1:
             raise BIBAUError(f"lora_r must be >= 1, got {self.lora_r}")
+
+    @property
+    def completes_patches(self) -> bool:
+        """Whether patch completion runs: ``patch_completion`` where set, else on for full fine-tuning only."""
+        return self.patch_completion if self.patch_completion is not None else not self.use_lora
 
     @property
     def invert_image(self) -> bool:

@@ -264,7 +264,7 @@ class BIBAUTrainer(Trainer):
                             target_modules=targets)
         try:
             # The adapter's initialisation draws from the RNG before Trainer.__init__ seeds it: seed it from
-            # args.seed here, or a LoRA run depends on whatever drew random numbers before it (and ranks differ).
+            # args.seed here, or a LoRA run depends on whatever drew random numbers before it.
             with torch.random.fork_rng():
                 torch.manual_seed(args.seed)
                 adapter.model = get_peft_model(adapter.model, config)
@@ -389,7 +389,7 @@ class BIBAUTrainer(Trainer):
             target = self._unlearning_target(trig.key)
             if target is not None:
                 triggers = [trig.trigger_for(target) or trig.trigger]
-                if self.args.patch_completion and isinstance(triggers[0], MaskPatternTrigger):
+                if self.args.completes_patches and isinstance(triggers[0], MaskPatternTrigger):
                     triggers = self._completed_patches(trig.key, triggers[0], target) or triggers
                 self._image_triggers.extend(triggers)
                 directions.extend([self.inverter.concept_emb[result.candidates.index(target)]] * len(triggers))

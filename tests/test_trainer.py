@@ -671,8 +671,14 @@ def test_a_mask_that_is_not_a_patch_at_round_0_is_never_completed(tiny_model, di
     assert torch.equal(unlearned.mask(), reinverted.trigger_for(reinverted.suspected_target).mask())
 
 
-def test_patch_completion_is_on_by_default_and_can_be_switched_off(tiny_model, digits_data, tmp_path):
-    assert BIBAUConfig(output_dir=str(tmp_path)).patch_completion
+def test_patch_completion_is_on_for_full_fine_tuning_off_with_lora_and_can_be_switched_off(
+    tiny_model, digits_data, tmp_path
+):
+    def completes(**kwargs) -> bool:
+        return BIBAUConfig(output_dir=str(tmp_path), **kwargs).completes_patches
+
+    assert completes() and not completes(use_lora=True)
+    assert completes(use_lora=True, patch_completion=True) and not completes(patch_completion=False)
     config = make_config(tmp_path, max_steps=1, em_rounds=1, invert_towers="image", trigger_families=["mask"],
                          concept_names=digits_data[1].class_names, patch_completion=False)
     trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
