@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-DEFENDER_FRACTION = 0.05
-"""The defender's share of the training pairs, as in ``run_benchmark.py``."""
+from run_benchmark import DEFENDER_FRACTION
 
 
 def defender_data(source: str, seed: int):

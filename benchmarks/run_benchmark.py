@@ -68,6 +68,8 @@ QUICK = {
     "datasets": ["digits"], "attacks": ["badnets"], "seeds": [0],
     "methods": ["no_defense", "clean_finetune", "cleanclip", "ibau", "bibau"],
 }
+DEFENDER_FRACTION = 0.05
+"""The defender's share of the training pairs (``--fraction``'s default; the scan-only studies use it too)."""
 RETUNE_SEEDS = 3
 RETUNE = {"num_poison": 5, "num_clean": 100, "epochs": 5, "learning_rate": 5e-4, "batch_size": 16}
 DEFAULT_DATASETS = ["digits", "cifar10_subset"]
@@ -458,7 +460,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="digits, BadNets, seed 0, every method but BI-BAU LoRA (other flags' defaults)")
     parser.add_argument("--resume", action="store_true", help="reuse cached cells computed with the same settings")
-    parser.add_argument("--fraction", type=float, default=0.05, help="defender's share of the training pairs")
+    parser.add_argument("--fraction", type=float, default=DEFENDER_FRACTION,
+                        help="defender's share of the training pairs")
     parser.add_argument("--epochs", type=float, default=None,
                         help="epochs of every method, instead of BIBAUConfig's max_steps budget")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")

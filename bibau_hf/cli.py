@@ -17,6 +17,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -321,16 +322,16 @@ def scan_command(args: argparse.Namespace) -> dict[str, Any]:
     if len(train) < 2:
         raise DataError(f"{dataset} gave {len(train)} clean pair(s); the scan needs at least 2")
     concepts = args.concepts or (test.class_names if test is not None else train.class_names) or None
+    config = InversionConfig(
+        steps=args.inversion_steps, score_steps=args.score_steps, batch_size=args.inversion_batch_size,
+        restarts=args.inversion_restarts, image_families=tuple(args.trigger_families),
+        invert_image=args.invert_towers in ("both", "image"), invert_text=args.invert_towers in ("both", "text"),
+        max_candidates=args.max_candidates, progress=not args.quiet,
+    )
     seeds = [args.seed + run for run in range(args.repeats)]
     summaries = []
     for seed in seeds:
-        config = InversionConfig(
-            steps=args.inversion_steps, score_steps=args.score_steps, batch_size=args.inversion_batch_size,
-            restarts=args.inversion_restarts, image_families=tuple(args.trigger_families),
-            invert_image=args.invert_towers in ("both", "image"), invert_text=args.invert_towers in ("both", "text"),
-            max_candidates=args.max_candidates, seed=seed, progress=not args.quiet,
-        )
-        result = scan(model, train.images, train.captions, concepts=concepts, config=config)
+        result = scan(model, train.images, train.captions, concepts=concepts, config=replace(config, seed=seed))
         summaries.append(scan_summary(
             result, model=str(args.model), threshold=args.threshold, text_threshold=args.text_threshold,
             top_k=args.top_k, num_clean_pairs=len(train), confidence_gap=args.confidence_gap,

@@ -1,7 +1,7 @@
 """BI-BAU with LoRA, keeping the adapter: ship a few hundred kilobytes instead of a whole model.
 
     python examples/lora_adapter.py                       # the demo's planted digits model
-    python examples/lora_adapter.py --model path/to/suspect --output_dir outputs/clip-clean-lora
+    python examples/lora_adapter.py --model outputs/planted --output_dir outputs/clip-clean-lora
 
 With ``use_lora`` only low-rank adapters are trained (the frozen reference is the base with the adapter disabled, so
 no second copy of the model is held). By default the output is merged; ``keep_lora_adapter`` also writes the adapter
@@ -29,7 +29,9 @@ def folder_megabytes(folder: Path) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="local folder (HF or open_clip) or Hub id; default: the demo")
+    parser.add_argument("--model", default=None,
+                        help="a model of the digits lab (HF or open_clip), e.g. a `bibau-hf plant` output: the clean "
+                        "pairs and the evaluation are digits'; default: the demo model")
     parser.add_argument("--output_dir", default="outputs/example-clean-lora")
     parser.add_argument("--cache_dir", default=default_cache_dir(), help="where the demo model is planted")
     parser.add_argument("--max_steps", type=int, default=300, help="M-step optimisation steps (BIBAUConfig's default)")
