@@ -24,6 +24,7 @@ from .inversion import (
 
 TOWERS = ("both", "image", "text")
 PRIORS = ("distill", "l2", "none")
+UNGATED = ("skip", "uniform")
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,17 @@ class BIBAUConfig(TrainingArguments):
             "help": "Estimate the latent target (the posterior's mode on the suspect model) and unlearn the trigger "
             "toward it, gated by unlearn_threshold. False is the ablation with a uniform posterior: every round "
             "unlearns the inverted triggers toward every candidate concept alike, with no push."
+        },
+    )
+    ungated_families: str = field(
+        default="skip",
+        metadata={
+            "help": "What the M-step does with a trigger family whose round-0 score stays under its gate: skip "
+            "(nothing to unlearn there: the rounds fine-tune on clean data under the prior) or uniform (unlearn its "
+            "inverted triggers toward every candidate concept, a uniform posterior over the latent target, "
+            "re-inverted every round; no push). Families that pass their gates are unlearned toward their target "
+            "either way. On held-out lab models (7 of 15 targets missed or mistaken), a uniform posterior for every "
+            "family left a mean ASR of 9 percent against 40 for skip (docs/METHOD_NOTES.md §28)."
         },
     )
     final_scan: bool = field(default=True, metadata={"help": "Run one more E-step after training, for the report."})
@@ -357,6 +369,8 @@ class BIBAUConfig(TrainingArguments):
             raise BIBAUError(f"unknown trigger families {unknown}; choose from {IMAGE_FAMILIES}")
         if self.invert_towers in ("both", "image") and not self.trigger_families:
             raise BIBAUError("inverting the image tower needs at least one trigger family")
+        if self.ungated_families not in UNGATED:
+            raise BIBAUError(f"ungated_families must be one of {UNGATED}, got {self.ungated_families!r}")
         if self.prior_type not in PRIORS:
             raise BIBAUError(f"prior_type must be one of {PRIORS}, got {self.prior_type!r}")
         for name in ("inversion_steps", "inversion_batch_size", "inversion_restarts", "num_soft_tokens",

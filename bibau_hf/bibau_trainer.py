@@ -245,6 +245,8 @@ class BIBAUTrainer(Trainer):
         self._soft_tokens: torch.Tensor | None = None
         self._trigger_word_ids: torch.Tensor | None = None  # the soft tokens' vocabulary ids, when they are words
         self._target_directions: torch.Tensor | None = None
+        self._pushed: torch.Tensor | None = None  # which image triggers the push term applies to (targeted ones)
+        self._trigger_slots: list[list[int]] | None = None  # triggers sharing one slot of rows (_trigger_owner)
         # "modality/family" -> the patches completed so far, and what this round's completion found
         self._patches: dict[str, list[MaskPatternTrigger]] = {}
         self._patch_info: dict[str, dict[str, Any]] = {}
@@ -314,7 +316,7 @@ class BIBAUTrainer(Trainer):
             # The latent target was estimated on the unmodified model; later rounds only re-invert the trigger
             # toward it on the current model (its anomalies there are partly our own unlearning's doing).
             focus = {key: t for key in self._targets if (t := self._unlearning_target(key)) is not None}
-            result = self.inverter.run(previous=previous, focus=focus)
+            result = self.inverter.run(previous=previous, focus=focus, resweep=self._uniform_families())
         self._timing["e_step_seconds"] += time.time() - started
         self.scans.append(result)
         if self.args.target_posterior:
@@ -327,6 +329,7 @@ class BIBAUTrainer(Trainer):
         entry = {"round": round_index, "step": self.state.global_step, **result.to_dict(),
                  "tracked_targets": {key: t for key, (_, t, _) in self._targets.items()},
                  "unlearned_targets": {key: t for key in self._targets if (t := self._unlearning_target(key))},
+                 "uniform_families": self._uniform_families() if self.args.target_posterior else [],
                  "tracked_score": round(tracked, 3)}
         if self._patch_info:
             entry["patch_completion"] = dict(self._patch_info)
@@ -375,30 +378,55 @@ class BIBAUTrainer(Trainer):
         images = similarity_sample(self.train_dataset.images, SIMILARITY_IMAGES, self.args.seed)
         self._similarity[phase] = {"trigger": source, **trigger_similarities(self.adapter, images, trigger, embedding)}
 
+    def _uniform_families(self) -> list[str]:
+        """The families unlearned under a uniform target posterior: with ``ungated_families="uniform"``, those whose
+        round-0 score stayed under their gates."""
+        if self.args.ungated_families != "uniform":
+            return []
+        return [key for key in self._targets if self._unlearning_target(key) is None]
+
     def _unlearn_toward_targets(self, result: ScanResult) -> None:
         """The M-step's triggers: each family's inverted trigger toward that family's round-0 target (none from a
         family below its tower's unlearning threshold), and each image trigger's target direction for the push.
 
         Families keep their own targets: on WaNet the mask family's cheapest concept is a natural shortcut ("two")
         while the warp family finds the real target, and one target per tower chosen by the higher score followed
-        whichever family the noise favoured.
+        whichever family the noise favoured. With ``ungated_families="uniform"`` a family under its gates is
+        unlearned toward every concept instead (its sweep's triggers, re-inverted each round), with no push: a missed
+        or mistaken target estimate then still leaves the M-step data that activates the backdoor.
         """
-        self._image_triggers, directions = [], []
+        self._image_triggers, directions, pushed, slots = [], [], [], []
         self._patch_info = {}
+        uniform = set(self._uniform_families())
         for trig in result.image_triggers():
             target = self._unlearning_target(trig.key)
             if target is not None:
                 triggers = [trig.trigger_for(target) or trig.trigger]
                 if self.args.completes_patches and isinstance(triggers[0], MaskPatternTrigger):
                     triggers = self._completed_patches(trig.key, triggers[0], target) or triggers
-                self._image_triggers.extend(triggers)
-                directions.extend([self.inverter.concept_emb[result.candidates.index(target)]] * len(triggers))
-        self._target_directions = None
-        if directions and self.args.push_weight > 0:
+                direction = self.inverter.concept_emb[result.candidates.index(target)]
+                push = True
+            elif trig.key in uniform:
+                triggers = [trig.sweep.select([i]) for i in range(len(trig.sweep_candidates))]
+                direction, push = torch.zeros_like(self.inverter.concept_emb[0]), False
+            else:
+                continue
+            first = len(self._image_triggers)
+            indices = list(range(first, first + len(triggers)))
+            slots.extend([indices] if trig.key in uniform else [[k] for k in indices])
+            self._image_triggers.extend(triggers)
+            directions.extend([direction] * len(triggers))
+            pushed.extend([push] * len(triggers))
+        self._trigger_slots = slots if any(len(slot) > 1 for slot in slots) else None
+        self._target_directions, self._pushed = None, None
+        if any(pushed) and self.args.push_weight > 0:
             self._target_directions = torch.stack(directions).to(self.args.device)
+            self._pushed = torch.tensor(pushed, device=self.args.device)
         text = result.text_triggers()
         self._soft_tokens = None
         target = self._unlearning_target(text[0].key) if text else None
+        if text and text[0].key in uniform:
+            self._soft_tokens = text[0].sweep.tokens.detach().clone()  # one set per concept
         if target is not None:
             chosen = text[0].trigger_for(target) or text[0].trigger
             self._soft_tokens = chosen.tokens[0].detach().clone()
@@ -431,7 +459,7 @@ class BIBAUTrainer(Trainer):
                                 for i in range(len(t.sweep_candidates))]
         text = result.text_triggers()
         self._soft_tokens = text[0].sweep.tokens.detach().clone() if text else None  # one set per concept
-        self._target_directions = None
+        self._target_directions, self._pushed, self._trigger_slots = None, None, None
 
     def _share_unlearning_state(self) -> None:
         """Every rank unlearns process 0's triggers (ranks invert on different batches and from different starts,
@@ -439,14 +467,17 @@ class BIBAUTrainer(Trainer):
         if not is_distributed():
             return
         device = self.args.device
-        triggers, soft, directions = broadcast_from_main((
+        triggers, soft, directions, pushed, self._trigger_slots = broadcast_from_main((
             [t.cpu() for t in self._image_triggers],
             None if self._soft_tokens is None else self._soft_tokens.cpu(),
             None if self._target_directions is None else self._target_directions.cpu(),
+            None if self._pushed is None else self._pushed.cpu(),
+            self._trigger_slots,
         ))
         self._image_triggers = [t.to(device) for t in triggers]
         self._soft_tokens = None if soft is None else soft.to(device)
         self._target_directions = None if directions is None else directions.to(device)
+        self._pushed = None if pushed is None else pushed.to(device)
 
     def _vocabulary_ids(self, tokens: torch.Tensor | None) -> torch.Tensor | None:
         """The token ids whose current embeddings the soft tokens ``[k, width]`` are, or None if any is not one
@@ -479,17 +510,26 @@ class BIBAUTrainer(Trainer):
 
     def _tracked_score(self, result: ScanResult) -> float:
         """How anomalous the tracked targets still are on the current model (the early-stop criterion)."""
+        uniform = self._uniform_families()  # re-swept for the M-step; their round-0 targets are not tracked
         scores = [t.anomaly.get(self._targets[key][1], 0.0) for t in result.triggers
-                  if (key := t.key) in self._targets]
+                  if (key := t.key) in self._targets and key not in uniform]
         return max(scores, default=0.0)
 
     def _trigger_owner(self, batch: int) -> torch.Tensor:
-        """Which inverted image trigger each triggered row carries: with ``batch_per_trigger`` each trigger has a
-        whole copy of the batch, else the triggers take turns over the batch's rows (rotating across steps)."""
-        count = len(self._image_triggers)
+        """Which inverted image trigger each triggered row carries: with ``batch_per_trigger`` each slot has a
+        whole copy of the batch, else the slots take turns over the batch's rows (rotating across steps).
+
+        A slot is one trigger, or a uniform family's triggers for every concept (``_trigger_slots``), which take
+        turns within the slot's rows: ten concepts' triggers must not take ten times the rows of a targeted one
+        (they did, and a BadNets plant that the targeted trigger had removed kept 68 % ASR).
+        """
+        slots = self._trigger_slots or [[k] for k in range(len(self._image_triggers))]
+        step = self.state.global_step
         if self.args.batch_per_trigger:
-            return torch.arange(count).repeat_interleave(batch)
-        return (torch.arange(batch) + self.state.global_step) % count
+            return torch.tensor([slot[step % len(slot)] for slot in slots]).repeat_interleave(batch)
+        rows = torch.arange(batch) + step
+        slot_of, turn = rows % len(slots), rows // len(slots) + step
+        return torch.tensor([slots[s][t % len(slots[s])] for s, t in zip(slot_of.tolist(), turn.tolist())])
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         round_index = self.state.global_step // self._rounds_length()
@@ -605,9 +645,13 @@ class BIBAUTrainer(Trainer):
             terms["trigger_image"] = (args.trigger_image_weight, sum(
                 distributed_clip_loss(chunk, texts, scale) for chunk in trig.chunk(copies)) / copies)
             if self._target_directions is not None:
-                directions = self._target_directions[self._trigger_owner(texts.shape[0]).to(trig.device)]
-                gap = (trig * directions).sum(-1) - (trig * texts.detach().repeat(copies, 1)).sum(-1)
-                terms["push"] = (args.push_weight, torch.relu(gap).mean())
+                owner = self._trigger_owner(texts.shape[0]).to(trig.device)
+                own = (trig * texts.detach().repeat(copies, 1)).sum(-1)
+                gap = (trig * self._target_directions[owner]).sum(-1) - own
+                if self._pushed is not None:  # a uniform family's rows have no target to push away from
+                    gap = gap[self._pushed[owner]]
+                if gap.numel():
+                    terms["push"] = (args.push_weight, torch.relu(gap).mean())
         if soft is not None:
             terms["trigger_text"] = (args.trigger_text_weight,
                                      distributed_clip_loss(images, out["triggered_text_embeds"], scale))

@@ -162,6 +162,9 @@ def test_card_says_per_family_whether_it_was_unlearned_and_its_confidence_gap():
     text = render_model_card(report).text
     assert "image/mask → zero (score 6.107, confidence gap 0.012, unlearned)" in text
     assert "text/soft_tokens → one (score 0.800, not unlearned)" in text
+    report["rounds"][0]["uniform_families"] = ["text/soft_tokens"]
+    text = render_model_card(report).text
+    assert "text/soft_tokens → one (score 0.800, under its gates: unlearned toward every concept)" in text
 
 
 def test_card_of_a_bare_run_skips_what_is_missing(tmp_path):

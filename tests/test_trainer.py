@@ -428,6 +428,59 @@ def test_image_family_whose_trigger_only_reaches_the_targets_border_is_not_unlea
     assert trainer._unlearning_target("image/additive") == "two"  # nothing to compare with: the score decides
 
 
+@pytest.mark.parametrize("tiny_model", ["hf"], indirect=True)
+@pytest.mark.parametrize("ungated", ["skip", "uniform"])
+def test_families_under_their_gates_are_skipped_or_unlearned_toward_every_concept(tiny_model, digits_data, tmp_path,
+                                                                                   ungated):
+    test = digits_data[1]
+    config = make_config(tmp_path, score_steps=2, inversion_steps=2, unlearn_threshold=1.5,
+                         text_unlearn_threshold=10.0, ungated_families=ungated, concept_names=test.class_names,
+                         patch_completion=False)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    result = trainer.inverter.run()
+    nan = float("nan")
+    trainer._targets = {"image/mask": (5.0, "zero", 0.0), "image/warp": (1.0, "one", 0.0),
+                        "text/soft_tokens": (2.0, "two", nan)}
+    trainer._unlearn_toward_targets(result)
+    mask = next(t for t in result.image_triggers() if t.family == "mask")
+    if ungated == "skip":
+        assert trainer._uniform_families() == []
+        assert len(trainer._image_triggers) == 1 and trainer._soft_tokens is None
+        assert trainer._pushed.tolist() == [True] and trainer._trigger_slots is None
+    else:
+        assert trainer._uniform_families() == ["image/warp", "text/soft_tokens"]
+        # The mask family toward its target (pushed away from it), then the warp sweep's trigger for every concept.
+        assert len(trainer._image_triggers) == 1 + 10 and trainer._pushed.tolist() == [True] + [False] * 10
+        assert trainer._soft_tokens.shape[0] == 10  # one soft-token set per concept
+        # The ten concepts' triggers share one slot: the targeted trigger keeps half of the triggered rows.
+        assert trainer._trigger_slots == [[0], list(range(1, 11))]
+        owner = trainer._trigger_owner(32)
+        assert (owner == 0).sum() == 16 and set(owner[owner != 0].tolist()) <= set(range(1, 11))
+        assert len(set(owner[owner != 0].tolist())) > 1  # the concepts take turns
+    zero = mask.trigger_for("zero")
+    assert torch.equal(trainer._image_triggers[0].mask(), zero.mask())
+    assert torch.equal(trainer._target_directions[0], trainer.inverter.concept_emb[test.class_names.index("zero")])
+
+
+@pytest.mark.parametrize("tiny_model", ["hf"], indirect=True)
+def test_uniform_families_are_reswept_every_round_and_recorded(tiny_model, digits_data, tmp_path):
+    config = make_config(tmp_path, max_steps=4, em_rounds=2, score_steps=2, inversion_steps=2, unlearn_threshold=1e9,
+                         text_unlearn_threshold=1e9, ungated_families="uniform",
+                         concept_names=digits_data[1].class_names)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    trainer.train()
+    # Nothing passes its gates: every family is unlearned toward every concept, in both rounds, with no push.
+    later = trainer.scans[1]
+    assert {t.key for t in later.triggers} == {"image/mask", "image/warp", "text/soft_tokens"}
+    assert not any(t.focused for t in later.triggers)  # full sweeps, not re-inversions toward one concept
+    assert len(trainer._image_triggers) == 20 and trainer._target_directions is None
+    assert all(entry["uniform_families"] == ["image/mask", "image/warp", "text/soft_tokens"]
+               for entry in trainer.trace)
+    assert "bibau/push" not in trainer.state.log_history[-1]
+    with pytest.raises(BIBAUError, match="ungated_families"):
+        make_config(tmp_path, ungated_families="all")
+
+
 def test_confidence_gap_is_small_for_the_planted_patch_and_large_for_a_natural_warp(planted_badnets, digits_data):
     """The planted patch carries images onto its target as firmly as the target's own images lie there; the warp
     family's cheapest concept on the same model is a natural shortcut that only reaches its target's border."""

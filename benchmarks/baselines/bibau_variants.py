@@ -18,6 +18,11 @@ Each variant switches off one part of the method (DESIGN §3):
   §21, §23, §27).
 - ``bibau_wide_warp``: ``warp_max_shift=0.25``: the warp family may move pixels twice as far, and its prior (relative
   to that bound) costs half as much per pixel (an extension, off by default; docs/METHOD_NOTES.md §24).
+- ``bibau_periodic``: ``trigger_families=["mask", "warp", "periodic"]``: the dictionary of sinusoids as well (SIG on
+  natural images; docs/METHOD_NOTES.md §25).
+- ``bibau_uniform_ungated``: ``ungated_families="uniform"``: a family under its gates is unlearned toward every
+  concept (a uniform posterior) instead of not at all; the families that pass are unlearned toward their target as
+  by default (docs/METHOD_NOTES.md §28).
 
 ``bibau_lora`` trains LoRA adapters only, at learning rate 1e-3 (a rank-8
 adapter at the full model's 1e-4 barely moves in 60 steps).
@@ -47,6 +52,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bibau_no_patch": {"patch_completion": False},
     "bibau_wide_warp": {"warp_max_shift": 0.25},
     "bibau_periodic": {"trigger_families": ["mask", "warp", "periodic"]},
+    "bibau_uniform_ungated": {"ungated_families": "uniform"},
 }
 """BIBAUConfig overrides per variant (on top of the benchmark's shared config)."""
 
@@ -88,6 +94,7 @@ def run_bibau(
         # What each round unlearned, and whether patch completion replaced a family's trigger: the cell's numbers
         # alone cannot tell a default-identical run from one where a decision changed.
         "rounds": [{"unlearned_targets": entry.get("unlearned_targets", {}),
+                    "uniform_families": entry.get("uniform_families", []),
                     "patch_completed": {key: bool(info.get("completed"))
                                         for key, info in entry.get("patch_completion", {}).items()}}
                    for entry in report["rounds"]],

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -377,14 +377,17 @@ class BlindInverter:
         return BatchSampler(self.images, self.token_ids, self.config.batch_size, self.config.seed + offset)
 
     def run(
-        self, previous: list[InvertedTrigger] | None = None, focus: dict[str, str] | None = None
+        self, previous: list[InvertedTrigger] | None = None, focus: dict[str, str] | None = None,
+        resweep: Collection[str] = (),
     ) -> ScanResult:
         """Invert every enabled family; ``previous`` triggers warm-start the sweep (a moved backdoor is tracked).
 
         With ``focus`` (``"modality/family"`` → concept), only those families are inverted, each toward its concept,
         warm started from ``previous``; the score is that concept's anomaly against the previous sweep's cost
         statistics (how far the model still is from its natural costs). It is the cheap E-step of the later EM
-        rounds, once the latent target has been estimated on the unmodified model.
+        rounds, once the latent target has been estimated on the unmodified model. The families in ``resweep`` are
+        swept over every concept again as well (warm started), for a round that unlearns them under a uniform
+        posterior.
         """
         started = time.time()
         cfg = self.config
@@ -405,12 +408,12 @@ class BlindInverter:
             for side, targets in sides:
                 offset = PERIODIC_OFFSET if side.family == "periodic" else 100 * (positions.index(side) + 1)
                 before = previous_by_family.get(side.key)
-                if focus is None:
+                if focus is not None and side.key in focus:
+                    results.append(self._invert_toward(side, targets, offset, before, focus[side.key]))
+                elif focus is None or side.key in resweep:
                     if side.modality == "image" and clean_sample is None:
                         clean_sample = self._confidence_sample()
                     results.append(self._invert(side, targets, offset, before, clean_sample))
-                elif side.key in focus:
-                    results.append(self._invert_toward(side, targets, offset, before, focus[side.key]))
         return ScanResult(results, self.candidates, natural, time.time() - started)
 
     @contextlib.contextmanager

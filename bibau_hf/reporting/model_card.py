@@ -281,7 +281,12 @@ def _family_text(trigger: dict[str, Any], report: dict[str, Any]) -> str:
         facts.append(f"confidence gap {trigger['confidence_gap']:.3f}")
     rounds = report.get("rounds") or []
     if rounds and "unlearned_targets" in rounds[0]:
-        facts.append("unlearned" if key in rounds[0]["unlearned_targets"] else "not unlearned")
+        if key in rounds[0]["unlearned_targets"]:
+            facts.append("unlearned")
+        elif key in rounds[0].get("uniform_families", []):
+            facts.append("under its gates: unlearned toward every concept")
+        else:
+            facts.append("not unlearned")
     return f"{key} → {trigger['suspected_target']} ({', '.join(facts)})"
 
 
