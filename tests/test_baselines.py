@@ -289,6 +289,7 @@ def test_variants_change_exactly_their_knob(tmp_path):
         "bibau_all_families": {"trigger_families": ["mask", "warp", "additive"]},
         "bibau_no_patch": {"patch_completion": False}, "bibau_wide_warp": {"warp_max_shift": 0.25},
         "bibau_periodic": {"trigger_families": ["mask", "warp", "periodic"]},
+        "bibau_uniform_ungated": {"ungated_families": "uniform"},
     }
     assert set(expected) == set(baselines.VARIANTS)
     for name, changes in expected.items():
@@ -296,7 +297,7 @@ def test_variants_change_exactly_their_knob(tmp_path):
         assert config.output_dir == str(tmp_path / name)
         assert config.seed == 3 and config.num_train_epochs == 11
         for key in ("learning_rate", "use_lora", "invert_towers", "push_weight", "prior_type", "trigger_families",
-                    "path_extrapolation", "patch_completion", "warp_max_shift"):
+                    "path_extrapolation", "patch_completion", "warp_max_shift", "ungated_families"):
             assert getattr(config, key) == changes.get(key, getattr(base, key)), (name, key)
     # BI-BAU's default inverts the mask and warp families, so the mask-only row is an ablation of its own.
     assert base.trigger_families == ["mask", "warp"] and "bibau_mask_only" not in baselines.ALIASES
