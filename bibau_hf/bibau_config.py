@@ -271,7 +271,8 @@ class BIBAUConfig(TrainingArguments):
         metadata={
             "help": "Every unlearned image trigger acts on a whole copy of the batch (one more image forward per "
             "trigger, a fifth more purification time with two families). False: the triggers take turns over one "
-            "copy's rows. No measurable completeness gain on the digits lab (METHOD_NOTES §12)."
+            "copy's rows. No measurable completeness gain on the digits lab (METHOD_NOTES §12). A family unlearned "
+            "under ungated_families=uniform counts as one trigger: its concepts' triggers take turns."
         },
     )
     invariance_weight: float = field(
