@@ -329,7 +329,7 @@ class BIBAUTrainer(Trainer):
         entry = {"round": round_index, "step": self.state.global_step, **result.to_dict(),
                  "tracked_targets": {key: t for key, (_, t, _) in self._targets.items()},
                  "unlearned_targets": {key: t for key in self._targets if (t := self._unlearning_target(key))},
-                 "uniform_families": self._uniform_families() if self.args.target_posterior else [],
+                 "uniform_families": self._uniform_families(),
                  "tracked_score": round(tracked, 3)}
         if self._patch_info:
             entry["patch_completion"] = dict(self._patch_info)
@@ -380,8 +380,8 @@ class BIBAUTrainer(Trainer):
 
     def _uniform_families(self) -> list[str]:
         """The families unlearned under a uniform target posterior: with ``ungated_families="uniform"``, those whose
-        round-0 score stayed under their gates."""
-        if self.args.ungated_families != "uniform":
+        round-0 score stayed under their gates (none without ``target_posterior``: then every family is)."""
+        if self.args.ungated_families != "uniform" or not self.args.target_posterior:
             return []
         return [key for key in self._targets if self._unlearning_target(key) is None]
 
@@ -407,7 +407,7 @@ class BIBAUTrainer(Trainer):
                 direction = self.inverter.concept_emb[result.candidates.index(target)]
                 push = True
             elif trig.key in uniform:
-                triggers = [trig.sweep.select([i]) for i in range(len(trig.sweep_candidates))]
+                triggers = self._every_concepts_trigger(trig)
                 direction, push = torch.zeros_like(self.inverter.concept_emb[0]), False
             else:
                 continue
@@ -455,11 +455,15 @@ class BIBAUTrainer(Trainer):
     def _unlearn_every_concept(self, result: ScanResult) -> None:
         """The no-posterior ablation: unlearn the sweep's trigger toward *every* candidate concept alike (a uniform
         posterior over the latent target), with no push and no gating by the score."""
-        self._image_triggers = [t.sweep.select([i]) for t in result.image_triggers()
-                                for i in range(len(t.sweep_candidates))]
+        self._image_triggers = [t for trig in result.image_triggers() for t in self._every_concepts_trigger(trig)]
         text = result.text_triggers()
         self._soft_tokens = text[0].sweep.tokens.detach().clone() if text else None  # one set per concept
         self._target_directions, self._pushed, self._trigger_slots = None, None, None
+
+    @staticmethod
+    def _every_concepts_trigger(trig: InvertedTrigger) -> list:
+        """A family's sweep as one trigger per swept concept (the image side of a uniform target posterior)."""
+        return [trig.sweep.select([i]) for i in range(len(trig.sweep_candidates))]
 
     def _share_unlearning_state(self) -> None:
         """Every rank unlearns process 0's triggers (ranks invert on different batches and from different starts,
