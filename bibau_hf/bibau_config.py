@@ -122,6 +122,16 @@ class BIBAUConfig(TrainingArguments):
             "family left a mean ASR of 9 percent against 40 for skip (docs/METHOD_NOTES.md §28)."
         },
     )
+    ungated_concepts: int = field(
+        default=3,
+        metadata={
+            "help": "With ungated_families=uniform: how many concepts a family under its gates is unlearned toward, "
+            "the ones its round-0 sweep found most anomalous (a uniform posterior over the likeliest targets; 0: "
+            "every candidate concept). On the digits lab models of seeds 0-5 the planted target ranked first or "
+            "second in the family that carries the backdoor whenever it missed the gates (docs/METHOD_NOTES.md §29); "
+            "fewer concepts give each concept's trigger more of the triggered rows."
+        },
+    )
     final_scan: bool = field(default=True, metadata={"help": "Run one more E-step after training, for the report."})
     # ------------------------------------------------------------------------------------------------ E-step
     invert_towers: str = field(
@@ -372,6 +382,8 @@ class BIBAUConfig(TrainingArguments):
             raise BIBAUError("inverting the image tower needs at least one trigger family")
         if self.ungated_families not in UNGATED:
             raise BIBAUError(f"ungated_families must be one of {UNGATED}, got {self.ungated_families!r}")
+        if self.ungated_concepts < 0:
+            raise BIBAUError(f"ungated_concepts must be >= 0 (0: every concept), got {self.ungated_concepts}")
         if self.prior_type not in PRIORS:
             raise BIBAUError(f"prior_type must be one of {PRIORS}, got {self.prior_type!r}")
         for name in ("inversion_steps", "inversion_batch_size", "inversion_restarts", "num_soft_tokens",

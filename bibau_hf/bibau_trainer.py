@@ -241,6 +241,7 @@ class BIBAUTrainer(Trainer):
         self._round = -1
         # "modality/family" -> (round-0 score, its target, its confidence gap)
         self._targets: dict[str, tuple[float, str, float]] = {}
+        self._likeliest: dict[str, list[str]] = {}  # per family, its round-0 concepts by anomaly, likeliest first
         self._image_triggers: list = []
         self._soft_tokens: torch.Tensor | None = None
         self._trigger_word_ids: torch.Tensor | None = None  # the soft tokens' vocabulary ids, when they are words
@@ -330,6 +331,7 @@ class BIBAUTrainer(Trainer):
                  "tracked_targets": {key: t for key, (_, t, _) in self._targets.items()},
                  "unlearned_targets": {key: t for key in self._targets if (t := self._unlearning_target(key))},
                  "uniform_families": self._uniform_families(),
+                 "hedged_concepts": {key: self._hedged_concepts(key) for key in self._uniform_families()},
                  "tracked_score": round(tracked, 3)}
         if self._patch_info:
             entry["patch_completion"] = dict(self._patch_info)
@@ -407,7 +409,7 @@ class BIBAUTrainer(Trainer):
                 direction = self.inverter.concept_emb[result.candidates.index(target)]
                 push = True
             elif trig.key in uniform:
-                triggers = self._every_concepts_trigger(trig)
+                triggers = self._every_concepts_trigger(trig, self._hedged_concepts(trig.key))
                 direction, push = torch.zeros_like(self.inverter.concept_emb[0]), False
             else:
                 continue
@@ -426,7 +428,8 @@ class BIBAUTrainer(Trainer):
         self._soft_tokens = None
         target = self._unlearning_target(text[0].key) if text else None
         if text and text[0].key in uniform:
-            self._soft_tokens = text[0].sweep.tokens.detach().clone()  # one set per concept
+            rows = self._sweep_rows(text[0], self._hedged_concepts(text[0].key))
+            self._soft_tokens = text[0].sweep.tokens[rows].detach().clone()  # one set per concept
         if target is not None:
             chosen = text[0].trigger_for(target) or text[0].trigger
             self._soft_tokens = chosen.tokens[0].detach().clone()
@@ -460,10 +463,26 @@ class BIBAUTrainer(Trainer):
         self._soft_tokens = text[0].sweep.tokens.detach().clone() if text else None  # one set per concept
         self._target_directions, self._pushed, self._trigger_slots = None, None, None
 
+    def _hedged_concepts(self, key: str) -> list[str] | None:
+        """The concepts a family under its gates is unlearned toward: its ``ungated_concepts`` likeliest at round 0
+        (``None``: every swept concept)."""
+        k = self.args.ungated_concepts
+        return self._likeliest[key][:k] if k and key in self._likeliest else None
+
     @staticmethod
-    def _every_concepts_trigger(trig: InvertedTrigger) -> list:
-        """A family's sweep as one trigger per swept concept (the image side of a uniform target posterior)."""
-        return [trig.sweep.select([i]) for i in range(len(trig.sweep_candidates))]
+    def _sweep_rows(trig: InvertedTrigger, concepts: list[str] | None = None) -> list[int]:
+        """The rows of ``trig``'s sweep that invert toward ``concepts`` (every row for ``None``; a concept the
+        sweep skipped has none)."""
+        names = [trig.candidates_names[i] for i in trig.sweep_candidates]
+        if concepts is None:
+            return list(range(len(names)))
+        return [names.index(concept) for concept in concepts if concept in names]
+
+    @classmethod
+    def _every_concepts_trigger(cls, trig: InvertedTrigger, concepts: list[str] | None = None) -> list:
+        """A family's sweep as one trigger per swept concept (the image side of a uniform target posterior), or
+        per concept of ``concepts``."""
+        return [trig.sweep.select([i]) for i in cls._sweep_rows(trig, concepts)]
 
     def _share_unlearning_state(self) -> None:
         """Every rank unlearns process 0's triggers (ranks invert on different batches and from different starts,
@@ -496,7 +515,8 @@ class BIBAUTrainer(Trainer):
         """Per trigger family, the MAP latent target of the suspect model's scan and its anomaly score."""
         for trig in result.triggers:
             self._targets[trig.key] = (trig.score, trig.suspected_target, trig.confidence_gap)
-        self._targets = broadcast_from_main(self._targets)
+            self._likeliest[trig.key] = sorted(trig.anomaly, key=lambda concept: -trig.anomaly[concept])
+        self._targets, self._likeliest = broadcast_from_main((self._targets, self._likeliest))
 
     def _unlearning_target(self, key: str) -> str | None:
         """The family's (``"modality/family"``) round-0 target, if its anomaly reached its tower's unlearning

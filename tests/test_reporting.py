@@ -165,6 +165,9 @@ def test_card_says_per_family_whether_it_was_unlearned_and_its_confidence_gap():
     report["rounds"][0]["uniform_families"] = ["text/soft_tokens"]
     text = render_model_card(report).text
     assert "text/soft_tokens → one (score 0.800, under its gates: unlearned toward every concept)" in text
+    report["rounds"][0]["hedged_concepts"] = {"text/soft_tokens": ["one", "seven"]}
+    text = render_model_card(report).text
+    assert "(score 0.800, under its gates: unlearned toward its likeliest concepts (one, seven))" in text
 
 
 def test_card_of_a_bare_run_skips_what_is_missing(tmp_path):

@@ -434,8 +434,8 @@ def test_families_under_their_gates_are_skipped_or_unlearned_toward_every_concep
                                                                                    ungated):
     test = digits_data[1]
     config = make_config(tmp_path, score_steps=2, inversion_steps=2, unlearn_threshold=1.5,
-                         text_unlearn_threshold=10.0, ungated_families=ungated, concept_names=test.class_names,
-                         patch_completion=False)
+                         text_unlearn_threshold=10.0, ungated_families=ungated, ungated_concepts=0,
+                         concept_names=test.class_names, patch_completion=False)
     trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
     result = trainer.inverter.run()
     nan = float("nan")
@@ -463,17 +463,41 @@ def test_families_under_their_gates_are_skipped_or_unlearned_toward_every_concep
 
 
 @pytest.mark.parametrize("tiny_model", ["hf"], indirect=True)
+def test_families_under_their_gates_are_unlearned_toward_their_likeliest_concepts(tiny_model, digits_data, tmp_path):
+    test = digits_data[1]
+    config = make_config(tmp_path, score_steps=2, inversion_steps=2, unlearn_threshold=1e9, text_unlearn_threshold=1e9,
+                         ungated_families="uniform", ungated_concepts=2, concept_names=test.class_names,
+                         patch_completion=False)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    result = trainer.inverter.run()
+    trainer._set_targets(result)  # every family is under its (unreachable) gates
+    trainer._unlearn_toward_targets(result)
+    warp = next(t for t in result.image_triggers() if t.family == "warp")
+    likeliest = sorted(warp.anomaly, key=lambda concept: -warp.anomaly[concept])[:2]
+    assert trainer._hedged_concepts("image/warp") == likeliest
+    # Two triggers per image family, each its sweep's trigger toward one of the family's two likeliest concepts.
+    assert len(trainer._image_triggers) == 4 and trainer._trigger_slots == [[0, 1], [2, 3]]
+    for k, concept in enumerate(likeliest):
+        assert torch.equal(trainer._image_triggers[2 + k].raw, warp.trigger_for(concept).raw)
+    text = result.text_triggers()[0]
+    rows = [text.sweep_candidates.index(text.candidates_names.index(c)) for c in trainer._hedged_concepts(text.key)]
+    assert torch.equal(trainer._soft_tokens, text.sweep.tokens[rows])
+    with pytest.raises(BIBAUError, match="ungated_concepts"):
+        make_config(tmp_path, ungated_concepts=-1)
+
+
+@pytest.mark.parametrize("tiny_model", ["hf"], indirect=True)
 def test_uniform_families_are_reswept_every_round_and_recorded(tiny_model, digits_data, tmp_path):
     config = make_config(tmp_path, max_steps=4, em_rounds=2, score_steps=2, inversion_steps=2, unlearn_threshold=1e9,
                          text_unlearn_threshold=1e9, ungated_families="uniform",
                          concept_names=digits_data[1].class_names)
     trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
     trainer.train()
-    # Nothing passes its gates: every family is unlearned toward every concept, in both rounds, with no push.
+    # Nothing passes its gates: every family is unlearned toward its likeliest concepts, in both rounds, no push.
     later = trainer.scans[1]
     assert {t.key for t in later.triggers} == {"image/mask", "image/warp", "text/soft_tokens"}
     assert not any(t.focused for t in later.triggers)  # full sweeps, not re-inversions toward one concept
-    assert len(trainer._image_triggers) == 20 and trainer._target_directions is None
+    assert len(trainer._image_triggers) == 2 * 3 and trainer._target_directions is None  # three concepts each
     assert all(entry["uniform_families"] == ["image/mask", "image/warp", "text/soft_tokens"]
                for entry in trainer.trace)
     assert "bibau/push" not in trainer.state.log_history[-1]

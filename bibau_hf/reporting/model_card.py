@@ -284,7 +284,9 @@ def _family_text(trigger: dict[str, Any], report: dict[str, Any]) -> str:
         if key in rounds[0]["unlearned_targets"]:
             facts.append("unlearned")
         elif key in rounds[0].get("uniform_families", []):
-            facts.append("under its gates: unlearned toward every concept")
+            concepts = (rounds[0].get("hedged_concepts") or {}).get(key)
+            toward = f"its likeliest concepts ({', '.join(concepts)})" if concepts else "every concept"
+            facts.append(f"under its gates: unlearned toward {toward}")
         else:
             facts.append("not unlearned")
     return f"{key} → {trigger['suspected_target']} ({', '.join(facts)})"
