@@ -132,6 +132,15 @@ class BIBAUConfig(TrainingArguments):
             "fewer concepts give each concept's trigger more of the triggered rows."
         },
     )
+    ungated_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "With ungated_families=uniform: how much unlearning a family under its gates gets against a "
+            "family unlearned toward its target (an image family: its share of the triggered rows; the text family: "
+            "its loss weight). 1: as much. Under 1, where no image family is targeted, only this fraction of the "
+            "batch is triggered. Needs batch_per_trigger=False."
+        },
+    )
     final_scan: bool = field(default=True, metadata={"help": "Run one more E-step after training, for the report."})
     # ------------------------------------------------------------------------------------------------ E-step
     invert_towers: str = field(
@@ -382,6 +391,10 @@ class BIBAUConfig(TrainingArguments):
             raise BIBAUError("inverting the image tower needs at least one trigger family")
         if self.ungated_families not in UNGATED:
             raise BIBAUError(f"ungated_families must be one of {UNGATED}, got {self.ungated_families!r}")
+        if not 0 < self.ungated_weight <= 1:
+            raise BIBAUError(f"ungated_weight must be in (0, 1], got {self.ungated_weight}")
+        if self.ungated_weight != 1 and self.batch_per_trigger:
+            raise BIBAUError("ungated_weight < 1 shares the triggered rows by weight: set batch_per_trigger=False")
         if self.ungated_concepts < 0:
             raise BIBAUError(f"ungated_concepts must be >= 0 (0: every concept), got {self.ungated_concepts}")
         if self.prior_type not in PRIORS:

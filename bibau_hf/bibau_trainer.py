@@ -248,6 +248,8 @@ class BIBAUTrainer(Trainer):
         self._target_directions: torch.Tensor | None = None
         self._pushed: torch.Tensor | None = None  # which image triggers the push term applies to (targeted ones)
         self._trigger_slots: list[list[int]] | None = None  # triggers sharing one slot of rows (_trigger_owner)
+        self._slot_weights: list[float] | None = None  # the slots' shares of the rows, where they differ
+        self._text_weight = 1.0  # the text trigger's loss weight relative to trigger_text_weight
         # "modality/family" -> the patches completed so far, and what this round's completion found
         self._patches: dict[str, list[MaskPatternTrigger]] = {}
         self._patch_info: dict[str, dict[str, Any]] = {}
@@ -397,7 +399,7 @@ class BIBAUTrainer(Trainer):
         unlearned toward every concept instead (its sweep's triggers, re-inverted each round), with no push: a missed
         or mistaken target estimate then still leaves the M-step data that activates the backdoor.
         """
-        self._image_triggers, directions, pushed, slots = [], [], [], []
+        self._image_triggers, directions, pushed, slots, hedged = [], [], [], [], []
         self._patch_info = {}
         uniform = set(self._uniform_families())
         for trig in result.image_triggers():
@@ -416,18 +418,26 @@ class BIBAUTrainer(Trainer):
             first = len(self._image_triggers)
             indices = list(range(first, first + len(triggers)))
             slots.extend([indices] if trig.key in uniform else [[k] for k in indices])
+            hedged.extend([True] if trig.key in uniform else [False] * len(indices))
             self._image_triggers.extend(triggers)
             directions.extend([direction] * len(triggers))
             pushed.extend([push] * len(triggers))
         self._trigger_slots = slots if any(len(slot) > 1 for slot in slots) else None
+        # A family under its gates probably holds no backdoor: ungated_weight is its share of the rows against a
+        # targeted family's (their own triggers' share of the batch when no family is targeted; the rest stay clean).
+        self._slot_weights = None
+        if any(hedged) and self.args.ungated_weight != 1:
+            self._trigger_slots = slots
+            self._slot_weights = [self.args.ungated_weight if h else 1.0 for h in hedged]
         self._target_directions, self._pushed = None, None
         if any(pushed) and self.args.push_weight > 0:
             self._target_directions = torch.stack(directions).to(self.args.device)
             self._pushed = torch.tensor(pushed, device=self.args.device)
         text = result.text_triggers()
-        self._soft_tokens = None
+        self._soft_tokens, self._text_weight = None, 1.0
         target = self._unlearning_target(text[0].key) if text else None
         if text and text[0].key in uniform:
+            self._text_weight = self.args.ungated_weight
             rows = self._sweep_rows(text[0], self._hedged_concepts(text[0].key))
             self._soft_tokens = text[0].sweep.tokens[rows].detach().clone()  # one set per concept
         if target is not None:
@@ -461,7 +471,7 @@ class BIBAUTrainer(Trainer):
         self._image_triggers = [t for trig in result.image_triggers() for t in self._every_concepts_trigger(trig)]
         text = result.text_triggers()
         self._soft_tokens = text[0].sweep.tokens.detach().clone() if text else None  # one set per concept
-        self._target_directions, self._pushed, self._trigger_slots = None, None, None
+        self._target_directions, self._pushed, self._trigger_slots, self._slot_weights = None, None, None, None
 
     def _hedged_concepts(self, key: str) -> list[str] | None:
         """The concepts a family under its gates is unlearned toward: its ``ungated_concepts`` likeliest at round 0
@@ -490,12 +500,13 @@ class BIBAUTrainer(Trainer):
         if not is_distributed():
             return
         device = self.args.device
-        triggers, soft, directions, pushed, self._trigger_slots = broadcast_from_main((
+        triggers, soft, directions, pushed, self._trigger_slots, self._slot_weights = broadcast_from_main((
             [t.cpu() for t in self._image_triggers],
             None if self._soft_tokens is None else self._soft_tokens.cpu(),
             None if self._target_directions is None else self._target_directions.cpu(),
             None if self._pushed is None else self._pushed.cpu(),
             self._trigger_slots,
+            self._slot_weights,
         ))
         self._image_triggers = [t.to(device) for t in triggers]
         self._soft_tokens = None if soft is None else soft.to(device)
@@ -546,14 +557,35 @@ class BIBAUTrainer(Trainer):
         A slot is one trigger, or a uniform family's triggers for every concept (``_trigger_slots``), which take
         turns within the slot's rows: ten concepts' triggers must not take ten times the rows of a targeted one
         (they did, and a BadNets plant that the targeted trigger had removed kept 68 % ASR).
+
+        With ``_slot_weights`` (``ungated_weight`` < 1) the slots' row counts follow their weights, and where the
+        largest weight is under 1 only that fraction of the rows is triggered; the others are ``-1`` (left clean).
         """
         slots = self._trigger_slots or [[k] for k in range(len(self._image_triggers))]
         step = self.state.global_step
         if self.args.batch_per_trigger:
             return torch.tensor([slot[step % len(slot)] for slot in slots]).repeat_interleave(batch)
+        if self._slot_weights is not None:
+            return self._weighted_owner(slots, self._slot_weights, batch, step)
         rows = torch.arange(batch) + step
         slot_of, turn = rows % len(slots), rows // len(slots) + step
         return torch.tensor([slots[s][t % len(slots[s])] for s, t in zip(slot_of.tolist(), turn.tolist())])
+
+    @staticmethod
+    def _weighted_owner(slots: list[list[int]], weights: list[float], batch: int, step: int) -> torch.Tensor:
+        """``_trigger_owner`` with weighted slots: ``max(weights) × batch`` rows are triggered, shared among the slots
+        in proportion to their weights (largest remainders, ties rotating with ``step``); within a slot the triggers
+        take turns, rotating with ``step``. Untriggered rows are ``-1``."""
+        triggered = round(batch * max(weights))
+        share = torch.tensor(weights, dtype=torch.float64) / sum(weights) * triggered
+        counts = share.floor().long()
+        order = sorted(range(len(slots)), key=lambda s: (-(share[s] - counts[s]).item(), (s - step) % len(slots)))
+        for s in order[: triggered - int(counts.sum())]:
+            counts[s] += 1
+        owner = []
+        for s, slot in enumerate(slots):
+            owner.extend(slot[(t + step) % len(slot)] for t in range(int(counts[s])))
+        return torch.tensor(owner + [-1] * (batch - len(owner)), dtype=torch.long)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         round_index = self.state.global_step // self._rounds_length()
@@ -671,13 +703,16 @@ class BIBAUTrainer(Trainer):
             if self._target_directions is not None:
                 owner = self._trigger_owner(texts.shape[0]).to(trig.device)
                 own = (trig * texts.detach().repeat(copies, 1)).sum(-1)
-                gap = (trig * self._target_directions[owner]).sum(-1) - own
-                if self._pushed is not None:  # a uniform family's rows have no target to push away from
-                    gap = gap[self._pushed[owner]]
+                gap = (trig * self._target_directions[owner.clamp(min=0)]).sum(-1) - own
+                # A uniform family's rows have no target to push away from, and untriggered rows no trigger.
+                keep = owner >= 0
+                if self._pushed is not None:
+                    keep &= self._pushed[owner.clamp(min=0)]
+                gap = gap[keep]
                 if gap.numel():
                     terms["push"] = (args.push_weight, torch.relu(gap).mean())
         if soft is not None:
-            terms["trigger_text"] = (args.trigger_text_weight,
+            terms["trigger_text"] = (args.trigger_text_weight * self._text_weight,
                                      distributed_clip_loss(images, out["triggered_text_embeds"], scale))
         if args.prior_weight > 0 and args.prior_type != "none":
             terms["prior"] = (args.prior_weight, self._prior(images, texts, ref))

@@ -290,6 +290,7 @@ def test_variants_change_exactly_their_knob(tmp_path):
         "bibau_no_patch": {"patch_completion": False}, "bibau_wide_warp": {"warp_max_shift": 0.25},
         "bibau_periodic": {"trigger_families": ["mask", "warp", "periodic"]},
         "bibau_uniform_ungated": {"ungated_families": "uniform"},
+        "bibau_uniform_ungated_half": {"ungated_families": "uniform", "ungated_weight": 0.5},
     }
     assert set(expected) == set(baselines.VARIANTS)
     for name, changes in expected.items():

@@ -462,6 +462,40 @@ def test_families_under_their_gates_are_skipped_or_unlearned_toward_every_concep
     assert torch.equal(trainer._target_directions[0], trainer.inverter.concept_emb[test.class_names.index("zero")])
 
 
+def test_weighted_slots_share_the_rows_by_weight_and_leave_the_rest_clean():
+    # A targeted trigger (weight 1) and a family under its gates (weight 0.5) with three concepts' triggers.
+    owner = BIBAUTrainer._weighted_owner([[0], [1, 2, 3]], [1.0, 0.5], 30, step=0)
+    assert (owner == 0).sum() == 20 and set(owner[owner != 0].tolist()) == {1, 2, 3}
+    # No targeted family: only half of the rows carry a trigger, the others stay clean (-1).
+    owner = BIBAUTrainer._weighted_owner([[0, 1], [2, 3]], [0.5, 0.5], 32, step=0)
+    assert (owner == -1).sum() == 16 and (owner >= 2).sum() == 8
+    # The concepts take turns across steps.
+    assert BIBAUTrainer._weighted_owner([[0, 1, 2]], [0.5], 2, step=1).tolist() == [1, -1]
+
+
+@pytest.mark.parametrize("tiny_model", ["hf"], indirect=True)
+def test_families_under_their_gates_get_ungated_weight_of_the_unlearning(tiny_model, digits_data, tmp_path):
+    test = digits_data[1]
+    config = make_config(tmp_path, score_steps=2, inversion_steps=2, unlearn_threshold=1.5,
+                         text_unlearn_threshold=10.0, ungated_families="uniform", ungated_weight=0.5,
+                         concept_names=test.class_names, patch_completion=False, max_steps=1)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    result = trainer.inverter.run()
+    trainer._set_targets(result)
+    trainer._targets.update({"image/mask": (5.0, "zero", 0.0), "image/warp": (1.0, "one", 0.0),
+                             "text/soft_tokens": (2.0, "two", float("nan"))})
+    trainer._unlearn_toward_targets(result)
+    assert trainer._slot_weights == [1.0, 0.5] and trainer._text_weight == 0.5
+    owner = trainer._trigger_owner(30)
+    assert (owner == 0).sum() == 20 and (owner > 0).sum() == 10  # the targeted mask trigger keeps two thirds
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert torch.isfinite(loss) and "push" in trainer._metrics  # the push skips the warp family's rows
+    for bad in ({"ungated_weight": 0.0}, {"ungated_weight": 0.5, "batch_per_trigger": True}):
+        with pytest.raises(BIBAUError, match="ungated_weight"):
+            make_config(tmp_path, **bad)
+
+
 @pytest.mark.parametrize("tiny_model", ["hf"], indirect=True)
 def test_families_under_their_gates_are_unlearned_toward_their_likeliest_concepts(tiny_model, digits_data, tmp_path):
     test = digits_data[1]

@@ -20,9 +20,11 @@ Each variant switches off one part of the method (DESIGN §3):
   to that bound) costs half as much per pixel (an extension, off by default; docs/METHOD_NOTES.md §24).
 - ``bibau_periodic``: ``trigger_families=["mask", "warp", "periodic"]``: the dictionary of sinusoids as well (SIG on
   natural images; docs/METHOD_NOTES.md §25).
-- ``bibau_uniform_ungated``: ``ungated_families="uniform"``: a family under its gates is unlearned toward every
-  concept (a uniform posterior) instead of not at all; the families that pass are unlearned toward their target as
-  by default (docs/METHOD_NOTES.md §28).
+- ``bibau_uniform_ungated``: ``ungated_families="uniform"``: a family under its gates is unlearned toward its
+  ``ungated_concepts`` likeliest concepts (a uniform posterior over them) instead of not at all; the families that
+  pass are unlearned toward their target as by default (docs/METHOD_NOTES.md §28, §29).
+- ``bibau_uniform_ungated_half``: the same at ``ungated_weight=0.5``: half the rows (text: half the loss weight) of
+  a targeted family for each family under its gates (§29).
 
 ``bibau_lora`` trains LoRA adapters only, at learning rate 1e-3 (a rank-8
 adapter at the full model's 1e-4 barely moves in 60 steps).
@@ -53,6 +55,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bibau_wide_warp": {"warp_max_shift": 0.25},
     "bibau_periodic": {"trigger_families": ["mask", "warp", "periodic"]},
     "bibau_uniform_ungated": {"ungated_families": "uniform"},
+    "bibau_uniform_ungated_half": {"ungated_families": "uniform", "ungated_weight": 0.5},
 }
 """BIBAUConfig overrides per variant (on top of the benchmark's shared config)."""
 
