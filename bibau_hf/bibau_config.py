@@ -116,10 +116,10 @@ class BIBAUConfig(TrainingArguments):
         metadata={
             "help": "What the M-step does with a trigger family whose round-0 score stays under its gate: skip "
             "(nothing to unlearn there: the rounds fine-tune on clean data under the prior) or uniform (unlearn its "
-            "inverted triggers toward every candidate concept, a uniform posterior over the latent target, "
+            "inverted triggers toward its ungated_concepts likeliest concepts, a uniform posterior over them, "
             "re-inverted every round; no push). Families that pass their gates are unlearned toward their target "
-            "either way. On held-out lab models (7 of 15 targets missed or mistaken), a uniform posterior for every "
-            "family left a mean ASR of 9 percent against 40 for skip (docs/METHOD_NOTES.md §28)."
+            "either way. On held-out lab models (8 of 15 targets missed or mistaken) uniform left a mean ASR of 3.8 "
+            "percent against 40.0 for skip, at 1.6 points of clean accuracy (docs/METHOD_NOTES.md §28, §29)."
         },
     )
     ungated_concepts: int = field(
@@ -127,9 +127,9 @@ class BIBAUConfig(TrainingArguments):
         metadata={
             "help": "With ungated_families=uniform: how many concepts a family under its gates is unlearned toward, "
             "the ones its round-0 sweep found most anomalous (a uniform posterior over the likeliest targets; 0: "
-            "every candidate concept). On the digits lab models of seeds 0-5 the planted target ranked first or "
-            "second in the family that carries the backdoor whenever it missed the gates (docs/METHOD_NOTES.md §29); "
-            "fewer concepts give each concept's trigger more of the triggered rows."
+            "every candidate concept). Where the gates missed the planted target or flagged another concept (9 of the "
+            "digits lab's 30 models, seeds 0-5), it ranked first or second in a family under its gates on 8 "
+            "(docs/METHOD_NOTES.md §29). Fewer concepts give each concept's trigger more of the triggered rows."
         },
     )
     ungated_weight: float = field(

@@ -98,6 +98,7 @@ def run_bibau(
         # alone cannot tell a default-identical run from one where a decision changed.
         "rounds": [{"unlearned_targets": entry.get("unlearned_targets", {}),
                     "uniform_families": entry.get("uniform_families", []),
+                    "hedged_concepts": entry.get("hedged_concepts", {}),
                     "patch_completed": {key: bool(info.get("completed"))
                                         for key, info in entry.get("patch_completion", {}).items()}}
                    for entry in report["rounds"]],
