@@ -396,8 +396,9 @@ class BIBAUTrainer(Trainer):
         Families keep their own targets: on WaNet the mask family's cheapest concept is a natural shortcut ("two")
         while the warp family finds the real target, and one target per tower chosen by the higher score followed
         whichever family the noise favoured. With ``ungated_families="uniform"`` a family under its gates is
-        unlearned toward every concept instead (its sweep's triggers, re-inverted each round), with no push: a missed
-        or mistaken target estimate then still leaves the M-step data that activates the backdoor.
+        unlearned toward its ``ungated_concepts`` likeliest concepts instead (its sweep's triggers for them, re-swept
+        each round), with no push: a missed target estimate then still leaves the M-step data that activates the
+        backdoor, as long as the target is among those concepts.
         """
         self._image_triggers, directions, pushed, slots, hedged = [], [], [], [], []
         self._patch_info = {}
@@ -554,7 +555,7 @@ class BIBAUTrainer(Trainer):
         """Which inverted image trigger each triggered row carries: with ``batch_per_trigger`` each slot has a
         whole copy of the batch, else the slots take turns over the batch's rows (rotating across steps).
 
-        A slot is one trigger, or a uniform family's triggers for every concept (``_trigger_slots``), which take
+        A slot is one trigger, or a uniform family's triggers for its concepts (``_trigger_slots``), which take
         turns within the slot's rows: ten concepts' triggers must not take ten times the rows of a targeted one
         (they did, and a BadNets plant that the targeted trigger had removed kept 68 % ASR).
 

@@ -322,8 +322,8 @@ def test_run_bibau_reports_what_the_benchmark_keeps(digits_data, tmp_path, _tiny
     assert info["steps"] == 2 and info["mode"] == "full" and info["suspected_target"] in digits_data[1].class_names
     # One E-step round: what it unlearned, and per completed-or-not mask family whether patch completion replaced it.
     (round_info,) = info["rounds"]
-    assert set(round_info) == {"unlearned_targets", "uniform_families", "patch_completed"}
-    assert round_info["uniform_families"] == []  # the default skips the families under their gates
+    assert set(round_info) == {"unlearned_targets", "uniform_families", "hedged_concepts", "patch_completed"}
+    assert round_info["uniform_families"] == [] and round_info["hedged_concepts"] == {}  # the default skips them
     assert all(isinstance(done, bool) for done in round_info["patch_completed"].values())
     assert not torch.equal(before, params_of(model))
 
