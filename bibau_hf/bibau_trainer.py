@@ -484,9 +484,9 @@ class BIBAUTrainer(Trainer):
     def _sweep_rows(trig: InvertedTrigger, concepts: list[str] | None = None) -> list[int]:
         """The rows of ``trig``'s sweep that invert toward ``concepts`` (every row for ``None``; a concept the
         sweep skipped has none)."""
-        names = [trig.candidates_names[i] for i in trig.sweep_candidates]
         if concepts is None:
-            return list(range(len(names)))
+            return list(range(len(trig.sweep_candidates)))
+        names = [trig.candidates_names[i] for i in trig.sweep_candidates]
         return [names.index(concept) for concept in concepts if concept in names]
 
     @classmethod
