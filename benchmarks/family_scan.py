@@ -1,13 +1,16 @@
-"""What the scan-only studies (``scan_warp_bound.py``, ``scan_periodic.py``) share: the benchmark's defender data,
-one image family's round-0 scan of a lab model, and the results file with its tally."""
+"""What the scan-only studies (``scan_warp_bound.py``, ``scan_periodic.py``, ``scan_target_rank.py``) share: the
+benchmark's defender data, the lab's models to scan, one image family's round-0 scan of a lab model, and the results
+file with its tally."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from run_benchmark import DEFENDER_FRACTION
+from run_lab import CIFAR, plant
 
 
 def defender_data(source: str, seed: int):
@@ -16,6 +19,23 @@ def defender_data(source: str, seed: int):
 
     train, test = load_train_and_eval(source, seed=seed)
     return train.take_fraction(DEFENDER_FRACTION, seed=seed), test
+
+
+def lab_models(
+    runs: Path, dataset: str, seeds: Iterable[int], attacks: Iterable[str], plant_missing: bool = True
+) -> Iterator[tuple[int, str, Path, Any]]:
+    """The lab's HF models of ``dataset`` (``digits`` or ``cifar10_subset``), seed by seed, as ``(seed, attack,
+    folder, defender data)``; a model the lab lacks is planted first, or skipped without ``plant_missing``."""
+    source = "digits" if dataset == "digits" else str(CIFAR)
+    for seed in seeds:
+        data = defender_data(source, seed)
+        for attack in attacks:
+            folder = runs / f"{dataset}_hf_{attack}_s{seed}"
+            if not (folder / "attack.json").is_file():
+                if not plant_missing:
+                    continue
+                plant(source, "hf", attack, seed, runs, False)
+            yield seed, attack, folder, data
 
 
 def scan_family(folder: Path, data, seed: int, family: str, **config: Any):

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from family_scan import defender_data, scan_family, write_result  # noqa: E402
-from run_lab import ATTACKS, CIFAR, plant  # noqa: E402
+from family_scan import lab_models, scan_family, write_result  # noqa: E402
+from run_lab import ATTACKS  # noqa: E402
 
 from bibau_hf.inversion import CONFIDENCE_GAP_THRESHOLD, PERIODIC_THRESHOLD  # noqa: E402
 
@@ -67,19 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scan_periodic.json"))
     args = parser.parse_args(argv)
 
-    runs, rows = Path(args.runs), []
+    rows = []
     for dataset in args.datasets:
-        source = "digits" if dataset == "digits" else str(CIFAR)
-        for seed in args.seeds:
-            data = defender_data(source, seed)
-            for attack in args.attacks:
-                folder = runs / f"{dataset}_hf_{attack}_s{seed}"
-                if not (folder / "attack.json").is_file():
-                    if args.no_plant:
-                        continue
-                    plant(source, "hf", attack, seed, runs, False)
-                rows.append(scan_row(dataset, seed, attack, folder, data))
-                print(json.dumps(rows[-1]), flush=True)
+        for seed, attack, folder, data in lab_models(Path(args.runs), dataset, args.seeds, args.attacks,
+                                                     plant_missing=not args.no_plant):
+            rows.append(scan_row(dataset, seed, attack, folder, data))
+            print(json.dumps(rows[-1]), flush=True)
     result = {"command": "python benchmarks/scan_periodic.py " + " ".join(argv or sys.argv[1:]),
               "periodic_unlearn_threshold": PERIODIC_THRESHOLD, "confidence_gap_threshold": CONFIDENCE_GAP_THRESHOLD,
               "tally": tally(rows), "rows": rows}

@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from family_scan import defender_data, write_result  # noqa: E402
-from run_lab import ATTACKS, plant  # noqa: E402
+from family_scan import lab_models, write_result  # noqa: E402
+from run_lab import ATTACKS  # noqa: E402
 
 
 def scan_rows(seed: int, attack: str, folder: Path, data) -> list[dict]:
@@ -84,19 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scan_target_rank.json"))
     args = parser.parse_args(argv)
 
-    runs, rows = Path(args.runs), []
-    for seed in args.seeds:
-        data = defender_data("digits", seed)
-        for attack in args.attacks:
-            folder = runs / f"digits_hf_{attack}_s{seed}"
-            if not (folder / "attack.json").is_file():
-                if args.no_plant:
-                    continue
-                plant("digits", "hf", attack, seed, runs, False)
-            found = scan_rows(seed, attack, folder, data)
-            rows.extend(found)
-            for row in found:
-                print(json.dumps(row, ensure_ascii=False), flush=True)
+    rows = []
+    for seed, attack, folder, data in lab_models(Path(args.runs), "digits", args.seeds, args.attacks,
+                                                 plant_missing=not args.no_plant):
+        found = scan_rows(seed, attack, folder, data)
+        rows.extend(found)
+        for row in found:
+            print(json.dumps(row, ensure_ascii=False), flush=True)
     write_result(args.out, {"command": "python benchmarks/scan_target_rank.py " + " ".join(argv or sys.argv[1:]),
                             "rows": rows, "tally": tally(rows)})
     return 0

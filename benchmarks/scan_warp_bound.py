@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from family_scan import defender_data, scan_family, write_result  # noqa: E402
-from run_lab import ATTACKS, plant  # noqa: E402
+from family_scan import lab_models, scan_family, write_result  # noqa: E402
+from run_lab import ATTACKS  # noqa: E402
 
 from bibau_hf.inversion import CONFIDENCE_GAP_THRESHOLD, IMAGE_THRESHOLD  # noqa: E402
 
@@ -62,13 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     runs, rows = Path(args.runs), []
-    for seed in args.seeds:
-        data = defender_data("digits", seed)
-        for attack in ["clean", *ATTACKS]:
-            plant("digits", "hf", attack, seed, runs, False)
-            for bound in args.bounds:
-                rows.append(scan_row(seed, attack, bound, runs, data))
-                print(json.dumps(rows[-1]), flush=True)
+    for seed, attack, _, data in lab_models(runs, "digits", args.seeds, ["clean", *ATTACKS]):
+        for bound in args.bounds:
+            rows.append(scan_row(seed, attack, bound, runs, data))
+            print(json.dumps(rows[-1]), flush=True)
     result = {"command": "python benchmarks/scan_warp_bound.py " + " ".join(argv or sys.argv[1:]),
               "unlearn_threshold": IMAGE_THRESHOLD, "tally": tally(rows, IMAGE_THRESHOLD), "rows": rows}
     write_result(args.out, result)
