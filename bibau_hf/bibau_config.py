@@ -24,7 +24,7 @@ from .inversion import (
 
 TOWERS = ("both", "image", "text")
 PRIORS = ("distill", "l2", "none")
-UNGATED = ("skip", "uniform")
+UNGATED = ("skip", "uniform", "uniform_if_none_pass")
 
 logger = logging.getLogger(__name__)
 
@@ -112,30 +112,34 @@ class BIBAUConfig(TrainingArguments):
         },
     )
     ungated_families: str = field(
-        default="skip",
+        default="uniform_if_none_pass",
         metadata={
             "help": "What the M-step does with a trigger family whose round-0 score stays under its gate: skip "
-            "(nothing to unlearn there: the rounds fine-tune on clean data under the prior) or uniform (unlearn its "
+            "(nothing to unlearn there: the rounds fine-tune on clean data under the prior), uniform (unlearn its "
             "inverted triggers toward its ungated_concepts likeliest concepts, a uniform posterior over them, "
-            "re-inverted every round; no push). Families that pass their gates are unlearned toward their target "
-            "either way. On held-out lab models (8 of 15 targets missed or mistaken) uniform left a mean ASR of 3.8 "
-            "percent against 40.0 for skip, at 1.6 points of clean accuracy (docs/METHOD_NOTES.md §28, §29)."
+            "re-inverted toward them every round; no push), or uniform_if_none_pass (uniform for every family, but "
+            "only when no family of either tower passed its gates, i.e. when the scan found nothing). Families that "
+            "pass their gates are unlearned toward their target either way. The default hedges only where the scan "
+            "found nothing: on the digits lab's 30 backdoored models (seeds 0-5) it takes the 6 backdoors that no "
+            "family caught from 66-100 to 4-14 percent ASR, for 0.5 points of mean clean accuracy; uniform also "
+            "catches 2 mistaken targets, for 0.7 more points (docs/METHOD_NOTES.md §28, §29, §30)."
         },
     )
     ungated_concepts: int = field(
         default=3,
         metadata={
-            "help": "With ungated_families=uniform: how many concepts a family under its gates is unlearned toward, "
-            "the ones its round-0 sweep found most anomalous (a uniform posterior over the likeliest targets; 0: "
-            "every candidate concept). Where the gates missed the planted target or flagged another concept (9 of the "
-            "digits lab's 30 models, seeds 0-5), it ranked first or second in a family under its gates on 8 "
-            "(docs/METHOD_NOTES.md §29). Fewer concepts give each concept's trigger more of the triggered rows."
+            "help": "When ungated_families hedges (uniform, or uniform_if_none_pass where nothing passes): how many "
+            "concepts a family under its gates is unlearned toward, the ones its round-0 sweep found most anomalous "
+            "(a uniform posterior over the likeliest targets; 0: every candidate concept). Where the gates missed the "
+            "planted target or flagged another concept (9 of the digits lab's 30 models, seeds 0-5), it ranked first "
+            "or second in a family under its gates on 8 (docs/METHOD_NOTES.md §29). Fewer concepts give each "
+            "concept's trigger more of the triggered rows."
         },
     )
     ungated_weight: float = field(
         default=1.0,
         metadata={
-            "help": "With ungated_families=uniform: how much unlearning a family under its gates gets against a "
+            "help": "When ungated_families hedges: how much unlearning a family under its gates gets against a "
             "family unlearned toward its target (an image family: its share of the triggered rows; the text family: "
             "its loss weight). 1: as much. Under 1, where no image family is targeted, only this fraction of the "
             "batch is triggered. Needs batch_per_trigger=False."
@@ -290,8 +294,8 @@ class BIBAUConfig(TrainingArguments):
         metadata={
             "help": "Every unlearned image trigger acts on a whole copy of the batch (one more image forward per "
             "trigger, a fifth more purification time with two families). False: the triggers take turns over one "
-            "copy's rows. No measurable completeness gain on the digits lab (METHOD_NOTES §12). A family unlearned "
-            "under ungated_families=uniform counts as one trigger: its concepts' triggers take turns."
+            "copy's rows. No measurable completeness gain on the digits lab (METHOD_NOTES §12). A family "
+            "hedged by ungated_families counts as one trigger: its concepts' triggers take turns."
         },
     )
     invariance_weight: float = field(

@@ -317,9 +317,11 @@ class BIBAUTrainer(Trainer):
             result = self.inverter.run(previous=previous)
         else:
             # The latent target was estimated on the unmodified model; later rounds only re-invert the trigger
-            # toward it on the current model (its anomalies there are partly our own unlearning's doing).
-            focus = {key: t for key in self._targets if (t := self._unlearning_target(key)) is not None}
-            result = self.inverter.run(previous=previous, focus=focus, resweep=self._uniform_families())
+            # toward it on the current model (its anomalies there are partly our own unlearning's doing), and a
+            # family under its gates toward the concepts it is unlearned toward.
+            focus = {key: [t] for key in self._targets if (t := self._unlearning_target(key)) is not None}
+            focus.update({key: self._hedged_concepts(key) or self._likeliest[key] for key in self._uniform_families()})
+            result = self.inverter.run(previous=previous, focus=focus)
         self._timing["e_step_seconds"] += time.time() - started
         self.scans.append(result)
         if self.args.target_posterior:
@@ -384,10 +386,14 @@ class BIBAUTrainer(Trainer):
 
     def _uniform_families(self) -> list[str]:
         """The families unlearned under a uniform target posterior: with ``ungated_families="uniform"``, those whose
-        round-0 score stayed under their gates (none without ``target_posterior``: then every family is)."""
-        if self.args.ungated_families != "uniform" or not self.args.target_posterior:
+        round-0 score stayed under their gates; with ``"uniform_if_none_pass"``, every family, but only when none
+        passed its gates (none without ``target_posterior``: then every family is)."""
+        if self.args.ungated_families == "skip" or not self.args.target_posterior:
             return []
-        return [key for key in self._targets if self._unlearning_target(key) is None]
+        ungated = [key for key in self._targets if self._unlearning_target(key) is None]
+        if self.args.ungated_families == "uniform_if_none_pass" and len(ungated) < len(self._targets):
+            return []
+        return ungated
 
     def _unlearn_toward_targets(self, result: ScanResult) -> None:
         """The M-step's triggers: each family's inverted trigger toward that family's round-0 target (none from a
@@ -395,10 +401,10 @@ class BIBAUTrainer(Trainer):
 
         Families keep their own targets: on WaNet the mask family's cheapest concept is a natural shortcut ("two")
         while the warp family finds the real target, and one target per tower chosen by the higher score followed
-        whichever family the noise favoured. With ``ungated_families="uniform"`` a family under its gates is
-        unlearned toward its ``ungated_concepts`` likeliest concepts instead (its sweep's triggers for them, re-swept
-        each round), with no push: a missed target estimate then still leaves the M-step data that activates the
-        backdoor, as long as the target is among those concepts.
+        whichever family the noise favoured. A family that ``ungated_families`` hedges (:meth:`_uniform_families`)
+        is unlearned toward its ``ungated_concepts`` likeliest concepts instead (its sweep's triggers for them,
+        re-inverted toward them each round), with no push: a missed target estimate then still leaves the M-step
+        data that activates the backdoor, as long as the target is among those concepts.
         """
         self._image_triggers, directions, pushed, slots, hedged = [], [], [], [], []
         self._patch_info = {}

@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{'  <- suspected' if flagged else ''}")
         suspected += [family.key] if flagged else []
     if not suspected and not args.clean_anyway:
-        print("no backdoor suspected; the model is left as it is (--clean_anyway to run BI-BAU regardless)")
+        print("no backdoor suspected; the model is left as it is (--clean_anyway runs BI-BAU regardless, which then "
+              "unlearns every family toward its likeliest concepts, in case the scan missed the backdoor)")
         return 0
 
     # 3. Remove it. The planted model's attack.json lets the demo measure the real trigger's success rate; a user's

@@ -291,6 +291,7 @@ def test_variants_change_exactly_their_knob(tmp_path):
         "bibau_periodic": {"trigger_families": ["mask", "warp", "periodic"]},
         "bibau_uniform_ungated": {"ungated_families": "uniform"},
         "bibau_uniform_ungated_half": {"ungated_families": "uniform", "ungated_weight": 0.5},
+        "bibau_uniform_if_none": {"ungated_families": "uniform_if_none_pass"},
     }
     assert set(expected) == set(baselines.VARIANTS)
     for name, changes in expected.items():

@@ -168,6 +168,10 @@ def test_card_says_per_family_whether_it_was_unlearned_and_its_confidence_gap():
     report["rounds"][0]["hedged_concepts"] = {"text/soft_tokens": ["one", "seven"]}
     text = render_model_card(report).text
     assert "(score 0.800, under its gates: unlearned toward its likeliest concepts (one, seven))" in text
+    assert "as a hedge" not in text  # the mask family passed its gates
+    report["rounds"][0]["unlearned_targets"] = {}
+    report["rounds"][0]["uniform_families"] = ["image/mask", "text/soft_tokens"]
+    assert "No family passed its gates, so the search named no target; as a hedge" in render_model_card(report).text
 
 
 def test_card_of_a_bare_run_skips_what_is_missing(tmp_path):

@@ -238,7 +238,7 @@ def test_extrapolation_happens_as_each_round_after_the_first_begins(tiny_model, 
     assert calls == []
     # Nothing unlearned (every family under its gate): the path is plain clean fine-tuning, not extrapolated.
     config = make_config(tmp_path, max_steps=3, em_rounds=3, unlearn_threshold=1e9, text_unlearn_threshold=1e9,
-                         overwrite_output_dir=True)
+                         ungated_families="skip", overwrite_output_dir=True)
     CountingTrainer(tiny_model, config, data).train()
     assert calls == []
 
@@ -378,6 +378,25 @@ def test_later_rounds_reinvert_only_toward_the_first_rounds_targets(tiny_model, 
         assert list(trig["objectives"]) == [target]
 
 
+def test_a_focused_reinversion_inverts_toward_each_of_its_concepts_from_their_previous_triggers(
+    tiny_model, digits_data, tmp_path
+):
+    config = make_config(tmp_path, score_steps=2, inversion_steps=2, concept_names=digits_data[1].class_names)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    first = trainer.inverter.run()
+    mask = next(t for t in first.image_triggers() if t.family == "mask")
+    picked = mask.triggers_for(["two", "one"])
+    assert torch.equal(picked.mask(), torch.cat([mask.trigger_for("two").mask(), mask.trigger_for("one").mask()]))
+    assert mask.triggers_for(["two", "not a concept"]) is None
+    focus = {"image/mask": ["two", "one"], "text/soft_tokens": "six"}
+    later = trainer.inverter.run(previous=first.triggers, focus=focus)
+    assert [t.key for t in later.triggers] == ["image/mask", "text/soft_tokens"]  # the warp family is not inverted
+    remask, text = later.triggers
+    assert remask.focused and list(remask.objectives) == ["two", "one"] and remask.sweep.mask().shape[0] == 2
+    assert not torch.equal(remask.sweep.mask(), picked.mask())  # optimised further from the previous triggers
+    assert text.focused and list(text.objectives) == ["six"]
+
+
 def test_without_target_posterior_every_concepts_trigger_is_unlearned(tiny_model, digits_data, tmp_path):
     config = make_config(tmp_path, max_steps=2, em_rounds=1, target_posterior=False,
                          concept_names=digits_data[1].class_names)
@@ -429,7 +448,7 @@ def test_image_family_whose_trigger_only_reaches_the_targets_border_is_not_unlea
 
 
 @pytest.mark.parametrize("tiny_model", ["hf"], indirect=True)
-@pytest.mark.parametrize("ungated", ["skip", "uniform"])
+@pytest.mark.parametrize("ungated", ["skip", "uniform", "uniform_if_none_pass"])
 def test_families_under_their_gates_are_skipped_or_unlearned_toward_every_concept(tiny_model, digits_data, tmp_path,
                                                                                    ungated):
     test = digits_data[1]
@@ -443,7 +462,7 @@ def test_families_under_their_gates_are_skipped_or_unlearned_toward_every_concep
                         "text/soft_tokens": (2.0, "two", nan)}
     trainer._unlearn_toward_targets(result)
     mask = next(t for t in result.image_triggers() if t.family == "mask")
-    if ungated == "skip":
+    if ungated != "uniform":  # uniform_if_none_pass: the mask family passed, so the others are skipped
         assert trainer._uniform_families() == []
         assert len(trainer._image_triggers) == 1 and trainer._soft_tokens is None
         assert trainer._pushed.tolist() == [True] and trainer._trigger_slots is None
@@ -521,16 +540,21 @@ def test_families_under_their_gates_are_unlearned_toward_their_likeliest_concept
 
 
 @pytest.mark.parametrize("tiny_model", ["hf"], indirect=True)
-def test_uniform_families_are_reswept_every_round_and_recorded(tiny_model, digits_data, tmp_path):
+@pytest.mark.parametrize("ungated", ["uniform", "uniform_if_none_pass"])
+def test_uniform_families_are_reinverted_toward_their_concepts_every_round_and_recorded(
+    tiny_model, digits_data, tmp_path, ungated
+):
     config = make_config(tmp_path, max_steps=4, em_rounds=2, score_steps=2, inversion_steps=2, unlearn_threshold=1e9,
-                         text_unlearn_threshold=1e9, ungated_families="uniform",
+                         text_unlearn_threshold=1e9, ungated_families=ungated,
                          concept_names=digits_data[1].class_names)
     trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
     trainer.train()
     # Nothing passes its gates: every family is unlearned toward its likeliest concepts, in both rounds, no push.
     later = trainer.scans[1]
     assert {t.key for t in later.triggers} == {"image/mask", "image/warp", "text/soft_tokens"}
-    assert not any(t.focused for t in later.triggers)  # full sweeps, not re-inversions toward one concept
+    for trig in later.triggers:  # re-inverted toward its three likeliest round-0 concepts only, not re-swept
+        assert trig.focused
+        assert [trig.candidates_names[i] for i in trig.sweep_candidates] == trainer._hedged_concepts(trig.key)
     assert len(trainer._image_triggers) == 2 * 3 and trainer._target_directions is None  # three concepts each
     assert all(entry["uniform_families"] == ["image/mask", "image/warp", "text/soft_tokens"]
                for entry in trainer.trace)

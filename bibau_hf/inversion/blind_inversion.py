@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,11 +168,16 @@ class InvertedTrigger:
 
     def trigger_for(self, concept: str):
         """The sweep's trigger toward ``concept`` (a single-candidate family), or ``None`` if it was not swept."""
+        return self.triggers_for([concept])
+
+    def triggers_for(self, concepts: Sequence[str]):
+        """The sweep's triggers toward ``concepts``, one candidate each in that order, or ``None`` unless every one
+        of them was swept."""
         names = [self.candidates_names[i] for i in self.sweep_candidates] if self.candidates_names else []
-        if self.sweep is None or concept not in names:
+        if self.sweep is None or not concepts or any(concept not in names for concept in concepts):
             return None
-        index = names.index(concept)
-        return self.sweep.select([index], self._adapter) if self.modality == "text" else self.sweep.select([index])
+        rows = [names.index(concept) for concept in concepts]
+        return self.sweep.select(rows, self._adapter) if self.modality == "text" else self.sweep.select(rows)
 
     def summary(self) -> dict[str, Any]:
         top = sorted(self.posterior.items(), key=lambda kv: -kv[1])[:5]
@@ -377,20 +382,20 @@ class BlindInverter:
         return BatchSampler(self.images, self.token_ids, self.config.batch_size, self.config.seed + offset)
 
     def run(
-        self, previous: list[InvertedTrigger] | None = None, focus: dict[str, str] | None = None,
-        resweep: Collection[str] = (),
+        self, previous: list[InvertedTrigger] | None = None, focus: Mapping[str, str | Sequence[str]] | None = None
     ) -> ScanResult:
         """Invert every enabled family; ``previous`` triggers warm-start the sweep (a moved backdoor is tracked).
 
-        With ``focus`` (``"modality/family"`` → concept), only those families are inverted, each toward its concept,
-        warm started from ``previous``; the score is that concept's anomaly against the previous sweep's cost
-        statistics (how far the model still is from its natural costs). It is the cheap E-step of the later EM
-        rounds, once the latent target has been estimated on the unmodified model. The families in ``resweep`` are
-        swept over every concept again as well (warm started), for a round that unlearns them under a uniform
-        posterior.
+        With ``focus`` (``"modality/family"`` → a concept or a list of concepts), only those families are inverted,
+        each toward its concepts only, warm started from ``previous``; the score is the concepts' anomaly against the
+        previous sweep's cost statistics (how far the model still is from its natural costs). It is the cheap E-step
+        of the later EM rounds, once the latent target (or, for a family under its gates, the likeliest few) has
+        been estimated on the unmodified model.
         """
         started = time.time()
         cfg = self.config
+        if focus is not None:
+            focus = {key: [value] if isinstance(value, str) else list(value) for key, value in focus.items()}
         with self._frozen_model():
             self.concept_emb = concept_embeddings(self.adapter, self.candidates, self.templates)
             image_targets = self.concept_emb
@@ -408,12 +413,13 @@ class BlindInverter:
             for side, targets in sides:
                 offset = PERIODIC_OFFSET if side.family == "periodic" else 100 * (positions.index(side) + 1)
                 before = previous_by_family.get(side.key)
-                if focus is not None and side.key in focus:
-                    results.append(self._invert_toward(side, targets, offset, before, focus[side.key]))
-                elif focus is None or side.key in resweep:
-                    if side.modality == "image" and clean_sample is None:
-                        clean_sample = self._confidence_sample()
-                    results.append(self._invert(side, targets, offset, before, clean_sample))
+                if focus is not None:
+                    if side.key in focus:
+                        results.append(self._invert_toward(side, targets, offset, before, focus[side.key]))
+                    continue
+                if side.modality == "image" and clean_sample is None:
+                    clean_sample = self._confidence_sample()
+                results.append(self._invert(side, targets, offset, before, clean_sample))
         return ScanResult(results, self.candidates, natural, time.time() - started)
 
     @contextlib.contextmanager
@@ -560,19 +566,20 @@ class BlindInverter:
         return float((emb[own] @ target).mean() - (triggered @ target).mean())
 
     def _invert_toward(
-        self, side: _Side, targets: torch.Tensor, offset: int, previous: InvertedTrigger | None, concept: str
+        self, side: _Side, targets: torch.Tensor, offset: int, previous: InvertedTrigger | None,
+        concepts: Sequence[str],
     ) -> InvertedTrigger:
-        """Re-invert one family toward one concept (warm-started), scored against ``previous``'s statistics."""
+        """Re-invert one family toward ``concepts`` only (warm-started), scored against ``previous``'s statistics."""
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed + offset)
         sampler = self._sampler(offset)
-        subset = [self.candidates.index(concept)]
+        subset = [self.candidates.index(concept) for concept in concepts]
         if side.modality == "text" and cfg.text_search == "tokens":
             sweep, objectives = self._token_sweep(targets, subset, sampler)
         elif side.family == "periodic":
             sweep, objectives = self._dictionary_sweep(side, targets, subset, sampler, DICTIONARY_FOCUS_BATCHES)
         else:
-            start = previous.trigger_for(concept) if previous is not None else None
+            start = previous.triggers_for(concepts) if previous is not None else None
             sweep, objectives = self._continuous_sweep(side, targets, subset, sampler, generator, None, start)
         statistics = (previous.log_cost_median, previous.log_cost_mad) if previous is not None else None
         result = self._result(side, sweep, subset, objectives, float("nan"), None, statistics)

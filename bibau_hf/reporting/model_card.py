@@ -260,6 +260,11 @@ def _target_text(report: dict[str, Any]) -> str:
         text += " Next candidates: " + ", ".join(f"{k} ({v:.3f})" for k, v in others.items()) + "."
     if len(before.get("triggers", [])) > 1:
         text += " Per trigger family: " + "; ".join(_family_text(t, report) for t in before["triggers"]) + "."
+    first = (report.get("rounds") or [{}])[0]
+    if "unlearned_targets" in first and not first["unlearned_targets"] and first.get("uniform_families"):
+        # Said explicitly: "nothing passed" reads as "no backdoor", and the run still changed the model.
+        text += (" No family passed its gates, so the search named no target; as a hedge, every family was "
+                 "unlearned toward its likeliest concepts (`ungated_families`).")
     if after:
         threshold = _tower_threshold(report, after.get("strongest_family") or "image/")
         level = "below" if after["backdoor_score"] < threshold else "still at or above"
