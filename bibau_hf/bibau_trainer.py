@@ -445,7 +445,7 @@ class BIBAUTrainer(Trainer):
         target = self._unlearning_target(text[0].key) if text else None
         if text and text[0].key in uniform:
             self._text_weight = self.args.ungated_weight
-            rows = self._sweep_rows(text[0], self._hedged_concepts(text[0].key))
+            rows = text[0].sweep_rows(self._hedged_concepts(text[0].key))
             self._soft_tokens = text[0].sweep.tokens[rows].detach().clone()  # one set per concept
         if target is not None:
             chosen = text[0].trigger_for(target) or text[0].trigger
@@ -487,19 +487,10 @@ class BIBAUTrainer(Trainer):
         return self._likeliest[key][:k] if k and key in self._likeliest else None
 
     @staticmethod
-    def _sweep_rows(trig: InvertedTrigger, concepts: list[str] | None = None) -> list[int]:
-        """The rows of ``trig``'s sweep that invert toward ``concepts`` (every row for ``None``; a concept the
-        sweep skipped has none)."""
-        if concepts is None:
-            return list(range(len(trig.sweep_candidates)))
-        names = [trig.candidates_names[i] for i in trig.sweep_candidates]
-        return [names.index(concept) for concept in concepts if concept in names]
-
-    @classmethod
-    def _every_concepts_trigger(cls, trig: InvertedTrigger, concepts: list[str] | None = None) -> list:
+    def _every_concepts_trigger(trig: InvertedTrigger, concepts: list[str] | None = None) -> list:
         """A family's sweep as one trigger per swept concept (the image side of a uniform target posterior), or
         per concept of ``concepts``."""
-        return [trig.sweep.select([i]) for i in cls._sweep_rows(trig, concepts)]
+        return [trig.sweep.select([i]) for i in trig.sweep_rows(concepts)]
 
     def _share_unlearning_state(self) -> None:
         """Every rank unlearns process 0's triggers (ranks invert on different batches and from different starts,

@@ -173,11 +173,18 @@ class InvertedTrigger:
     def triggers_for(self, concepts: Sequence[str]):
         """The sweep's triggers toward ``concepts``, one candidate each in that order, or ``None`` unless every one
         of them was swept."""
-        names = [self.candidates_names[i] for i in self.sweep_candidates] if self.candidates_names else []
-        if self.sweep is None or not concepts or any(concept not in names for concept in concepts):
+        rows = self.sweep_rows(concepts)
+        if self.sweep is None or not concepts or len(rows) < len(concepts):
             return None
-        rows = [names.index(concept) for concept in concepts]
         return self.sweep.select(rows, self._adapter) if self.modality == "text" else self.sweep.select(rows)
+
+    def sweep_rows(self, concepts: Sequence[str] | None = None) -> list[int]:
+        """The rows of the sweep that invert toward ``concepts``, in that order (every row for ``None``; a concept
+        the sweep skipped has none)."""
+        if concepts is None:
+            return list(range(len(self.sweep_candidates)))
+        names = [self.candidates_names[i] for i in self.sweep_candidates] if self.candidates_names else []
+        return [names.index(concept) for concept in concepts if concept in names]
 
     def summary(self) -> dict[str, Any]:
         top = sorted(self.posterior.items(), key=lambda kv: -kv[1])[:5]
