@@ -289,10 +289,11 @@ def defend(ctx: Context, method: str, model, work: str) -> dict[str, Any]:
     raise KeyError(f"unknown method {method!r}")
 
 
-def library_defaults(config_class: type | None = None) -> str:
+def library_defaults(config_class: type | None = None, budget_only: bool = False) -> str:
     """A fingerprint of the defaults BIBAUConfig sets (its own fields, and TrainingArguments' fields whose default it
     changes). Every method's budget and BI-BAU's behaviour come from them, so a cached cell computed before a default
-    changed must not be reused after."""
+    changed must not be reused after. With ``budget_only``, of the TrainingArguments fields alone: the baselines read
+    nothing else of the config (:class:`baselines.Budget`), so a change to BI-BAU's method leaves their cells valid."""
     from transformers import TrainingArguments
 
     from bibau_hf.bibau_config import BIBAUConfig
@@ -306,6 +307,8 @@ def library_defaults(config_class: type | None = None) -> str:
     defaults = {}
     for f in dataclasses.fields(config_class or BIBAUConfig):
         value = default(f)
+        if budget_only and f.name not in inherited:
+            continue
         if f.name not in inherited or inherited[f.name] != value:
             defaults[f.name] = value
     return hashlib.sha256(json.dumps(defaults, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -316,7 +319,7 @@ def cell_settings(args: argparse.Namespace, method: str) -> dict[str, Any]:
     import baselines
 
     settings = {"fraction": args.fraction, "config": dict(sorted(args.config_overrides.items())),
-                "defaults": library_defaults(),
+                "defaults": library_defaults(budget_only=method not in baselines.VARIANTS),
                 "retune": {**RETUNE, "draws": RETUNE_SEEDS}, "device": args.device, "backend": args.backend}
     if method in baselines.VARIANTS:
         settings["variant"] = baselines.VARIANTS[method]

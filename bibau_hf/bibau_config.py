@@ -173,6 +173,16 @@ class BIBAUConfig(TrainingArguments):
     max_candidates: int = field(
         default=16, metadata={"help": "Most candidate concepts in the score's targeted inversion."}
     )
+    refine_concepts: int = field(
+        default=3,
+        metadata={
+            "help": "Image families: after the round-0 sweep, this many of the most anomalous concepts' triggers are "
+            "optimised half the sweep's steps further, and the family's trigger and suspected target become the "
+            "cheapest of them (the sweep's costs are noisy: a planted patch can rank second behind a natural "
+            "shortcut). The score, posterior and confidence gap stay the sweep's. 0 or 1: off "
+            "(docs/METHOD_NOTES.md §31)."
+        },
+    )
     mask_l1_weight: float = field(
         default=20.0, metadata={"help": "Weight of the mask prior (mean mask value): small triggers are likely."}
     )
@@ -399,6 +409,8 @@ class BIBAUConfig(TrainingArguments):
             raise BIBAUError(f"ungated_weight must be in (0, 1], got {self.ungated_weight}")
         if self.ungated_weight != 1 and self.batch_per_trigger:
             raise BIBAUError("ungated_weight < 1 shares the triggered rows by weight: set batch_per_trigger=False")
+        if self.refine_concepts < 0:
+            raise BIBAUError(f"refine_concepts must be >= 0 (0 or 1: off), got {self.refine_concepts}")
         if self.ungated_concepts < 0:
             raise BIBAUError(f"ungated_concepts must be >= 0 (0: every concept), got {self.ungated_concepts}")
         if self.prior_type not in PRIORS:
@@ -477,6 +489,7 @@ class BIBAUConfig(TrainingArguments):
             posterior_temperature=self.posterior_temperature,
             score_steps=self.score_steps,
             max_candidates=self.max_candidates,
+            refine_concepts=self.refine_concepts,
             seed=self.seed,
             progress=progress and not self.disable_tqdm,
         )

@@ -346,7 +346,7 @@ def test_peak_memory_sees_an_allocation():
     assert idle.peak_mb < 16, idle.peak_mb
 
 
-def test_cached_cells_are_not_reused_once_a_library_default_changes():
+def test_cached_cells_are_not_reused_once_a_default_they_read_changes():
     import dataclasses
 
     import run_benchmark
@@ -369,6 +369,11 @@ def test_cached_cells_are_not_reused_once_a_library_default_changes():
     assert run_benchmark.library_defaults(OtherBudget) != current  # a TrainingArguments field BIBAUConfig sets
     args = run_benchmark.parse_args(["--datasets", "digits", "--no-render"])
     assert run_benchmark.cell_settings(args, "bibau")["defaults"] == current
+    # The baselines read only the training budget: a change to BI-BAU's method keeps their cells, a budget's does not.
+    budget = run_benchmark.library_defaults(budget_only=True)
+    assert run_benchmark.library_defaults(CompletionOff, budget_only=True) == budget
+    assert run_benchmark.library_defaults(OtherBudget, budget_only=True) != budget
+    assert run_benchmark.cell_settings(args, "cleanclip")["defaults"] == budget
 
 
 def test_aggregation_over_seeds_and_summary():

@@ -397,6 +397,49 @@ def test_a_focused_reinversion_inverts_toward_each_of_its_concepts_from_their_pr
     assert text.focused and list(text.objectives) == ["six"]
 
 
+def test_refinement_picks_the_cheapest_of_the_likeliest_concepts_and_keeps_the_sweeps_statistics(
+    tiny_model, digits_data
+):
+    from bibau_hf.inversion import BlindInverter, InversionConfig
+
+    train, test = digits_data
+    data = train.take(32, seed=0)
+
+    def run(refine: int):
+        config = InversionConfig(steps=2, score_steps=6, invert_text=False, refine_concepts=refine, seed=0,
+                                 progress=False)
+        return BlindInverter(copy.deepcopy(tiny_model), data.images, data.captions, config, test.class_names).run()
+
+    plain, refined = run(0), run(3)
+    for before, after in zip(plain.triggers, refined.triggers):
+        assert after.anomaly == before.anomaly and after.score == before.score
+        assert after.confidence_gap == pytest.approx(before.confidence_gap, nan_ok=True)
+        likeliest = sorted(before.anomaly, key=lambda concept: -before.anomaly[concept])[:3]
+        costs = after.details["refined_costs"]
+        assert list(costs) == likeliest and "refined_costs" not in before.details
+        assert after.suspected_target == min(costs, key=costs.get)
+        # The family's trigger is the refined sweep row of its target; rows outside the likeliest are untouched.
+        assert all(torch.equal(a, b) for a, b in zip(after.trigger.parameters(),
+                                                     after.trigger_for(after.suspected_target).parameters()))
+        for concept in test.class_names:
+            same = all(torch.equal(a, b) for a, b in zip(after.trigger_for(concept).parameters(),
+                                                         before.trigger_for(concept).parameters()))
+            assert same == (concept not in likeliest)
+
+
+def test_assigning_trigger_rows_needs_the_same_family_and_as_many_candidates():
+    from bibau_hf.inversion.image_trigger import MaskPatternTrigger, WarpTrigger
+
+    family = MaskPatternTrigger(4, (8, 8), generator=torch.Generator().manual_seed(0))
+    other = MaskPatternTrigger(2, (8, 8), generator=torch.Generator().manual_seed(1))
+    family.assign([3, 1], other)
+    assert torch.equal(family.mask_logits[[3, 1]], other.mask_logits)
+    with pytest.raises(ValueError, match="MaskPatternTrigger of 3 candidates"):
+        family.assign([0, 1, 2], other)
+    with pytest.raises(ValueError, match="MaskPatternTrigger of 2"):
+        family.assign([0, 1], WarpTrigger(2, (8, 8)))
+
+
 def test_without_target_posterior_every_concepts_trigger_is_unlearned(tiny_model, digits_data, tmp_path):
     config = make_config(tmp_path, max_steps=2, em_rounds=1, target_posterior=False,
                          concept_names=digits_data[1].class_names)

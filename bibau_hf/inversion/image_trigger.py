@@ -51,6 +51,18 @@ class ImageTriggerFamily(nn.Module):
     def describe(self, index: int) -> dict[str, Any]:
         return {"family": self.family, "size": float(self.size()[index])}
 
+    @torch.no_grad()
+    def assign(self, rows: list[int], other: ImageTriggerFamily) -> None:
+        """Overwrite candidates ``rows`` with ``other``'s candidates, in order (``other`` as from :meth:`select`)."""
+        if type(other) is not type(self) or other.num_candidates != len(rows):
+            raise ValueError(f"assign needs a {type(self).__name__} of {len(rows)} candidates")
+        params = list(self.parameters())
+        if not params:
+            raise TypeError(f"{type(self).__name__} has no optimised candidates to assign")
+        index = torch.tensor(rows, device=params[0].device)
+        for mine, theirs in zip(params, other.parameters()):
+            mine.index_copy_(0, index, theirs.to(mine.device))
+
 
 class MaskPatternTrigger(ImageTriggerFamily):
     """T(x) = (1 − m) ⊙ x + m ⊙ p, with m = σ(mask logits) ∈ [0,1]^{H×W} and p = σ(pattern logits) ∈ [0,1]^{3×H×W}.
