@@ -5,9 +5,11 @@
 For every lab model of the digits dataset (``--seeds``, the clean references included) it runs BI-BAU's round-0 scan
 under the library's defaults (every default family of both towers) and writes, per family, its score, confidence
 gap, suspected target, whether it passes its gates, and the rank of the planted target among the family's concepts by
-anomaly. The tally says, per backdoored model, whether its tower's gates found the target, flagged another concept,
-or missed, and the best rank of the target in the tower's families under their gates: how many concepts
-``ungated_concepts`` must keep to unlearn the planted target there (docs/METHOD_NOTES.md §29). Writes
+anomaly, and an image family's ``refined_costs`` (§31: the sweep's own choice is the first of ``likeliest``, the
+family's suspected target the cheapest refined concept). The tally says, per backdoored model, whether its tower's
+gates found the target, flagged another concept, or missed, and the best rank of the target in the tower's families
+under their gates: how many concepts ``ungated_concepts`` must keep to unlearn the planted target there
+(docs/METHOD_NOTES.md §29). Writes
 ``benchmarks/results/scan_target_rank.json``.
 """
 
@@ -49,6 +51,8 @@ def scan_rows(seed: int, attack: str, folder: Path, data) -> list[dict]:
                                          periodic_threshold=settings.periodic_unlearn_threshold),
             "target_rank": ranked.index(true_target) + 1 if true_target in ranked else None,
             "likeliest": ranked[:3],
+            # The sweep's own choice is ranked[0]; an image family's target is the cheapest of its refined concepts.
+            "refined_costs": t.details.get("refined_costs"),
         })
     return rows
 

@@ -177,9 +177,9 @@ class BIBAUConfig(TrainingArguments):
         default=3,
         metadata={
             "help": "Image families: after the round-0 sweep, this many of the most anomalous concepts' triggers are "
-            "optimised half the sweep's steps further, and the family's trigger and suspected target become the "
-            "cheapest of them (the sweep's costs are noisy: a planted patch can rank second behind a natural "
-            "shortcut). The score, posterior and confidence gap stay the sweep's. 0 or 1: off "
+            "optimised score_steps further, and the family's trigger and suspected target become the cheapest of "
+            "them on four clean batches (the sweep's costs are noisy: a planted patch can rank second behind a "
+            "natural shortcut). The score, posterior and confidence gap stay the sweep's. 0 or 1: off "
             "(docs/METHOD_NOTES.md §31)."
         },
     )

@@ -73,6 +73,9 @@ DICTIONARY_IMAGES_PER_PASS = 512
 # at 19.7 and 24.2 (docs/METHOD_NOTES.md §25). A later round's re-inversion toward a known target needs fewer.
 DICTIONARY_SCORE_BATCHES = 8
 DICTIONARY_FOCUS_BATCHES = 2
+# Clean batches a refined family's costs are measured on (one for the sweep's): the refined concepts' costs lie
+# close together, and on one batch of 16 the choice between a plant and a shortcut was a coin toss (METHOD_NOTES §31).
+REFINE_COST_BATCHES = 4
 DEFAULT_CONCEPT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image of a {}.", "{}")
 
 
@@ -554,18 +557,20 @@ class BlindInverter:
     ) -> None:
         """Re-rank the family's most anomalous concepts by their cost after more optimisation (METHOD_NOTES §31).
 
-        The sweep's costs are noisy in the optimisation, not in their measurement (§17): a planted patch that the
-        sweep found late ranks second behind a natural shortcut. The ``refine_concepts`` most anomalous concepts'
-        triggers are optimised half the sweep's steps further, warm started, and written back into the sweep; the
-        family's trigger and suspected target become the cheapest of them. The score, posterior and confidence gap
-        stay the sweep's: the gates were fitted on them, and more steps make every refined concept look more
-        anomalous against the others.
+        The sweep's costs are noisy, mostly in the optimisation (§17): a planted patch that the sweep found late
+        ranks second behind a natural shortcut. The ``refine_concepts`` most anomalous concepts' triggers are
+        optimised as many steps again, warm started, and written back into the sweep; their costs are measured on
+        ``REFINE_COST_BATCHES`` clean batches (refined costs are close, and one batch decided BadNets seed 7 either
+        way), and the family's trigger and suspected target become the cheapest of them. The score, posterior and
+        confidence gap stay the sweep's: the gates were fitted on them, and more steps make every refined concept look
+        more anomalous against the others.
         """
         concepts = sorted(result.anomaly, key=lambda concept: -result.anomaly[concept])[: self.config.refine_concepts]
         rows = result.sweep_rows(concepts)
         subset = [result.sweep_candidates[row] for row in rows]
         refined, costs = self._continuous_sweep(side, targets, subset, sampler, generator, None,
-                                                result.sweep.select(rows))
+                                                result.sweep.select(rows), steps=self.config.score_steps,
+                                                cost_batches=REFINE_COST_BATCHES)
         result.sweep.assign(rows, refined)
         best = int(costs.argmin())
         result.trigger = side.select(result.sweep, rows[best])
@@ -621,17 +626,23 @@ class BlindInverter:
         result.focused = True
         return result
 
-    def _continuous_sweep(self, side: _Side, targets, subset, sampler, generator, previous, start=None):
-        """Optimise one continuous trigger per candidate (under the family's prior); returns it and J_k."""
+    def _continuous_sweep(
+        self, side: _Side, targets, subset, sampler, generator, previous, start=None, steps: int | None = None,
+        cost_batches: int = 1,
+    ):
+        """Optimise one continuous trigger per candidate (under the family's prior); returns it and J_k.
+
+        ``steps`` defaults to ``score_steps``, half that when warm started; J_k is measured on ``cost_batches``
+        clean batches."""
         cfg = self.config
         sweep = side.make(len(subset), generator)
-        steps = cfg.score_steps
         if start is None and previous is not None and previous.sweep_candidates == subset:
             start = previous.sweep
+        if steps is None:
+            # Continuing last round's triggers: they start near their optimum, so half the steps suffice.
+            steps = cfg.score_steps if start is None else max(1, cfg.score_steps // 2)
         if start is not None:
-            # Continue last round's triggers: they start near their optimum, so half the steps suffice.
             sweep.load_state_dict(start.state_dict())
-            steps = max(1, steps // 2)
         labels = torch.tensor(subset, device=targets.device)
         scale = self.adapter.logit_scale().detach()
 
@@ -644,7 +655,7 @@ class BlindInverter:
         self._optimise(list(sweep.parameters()), lambda: sweep_objective(*sampler()).sum(), steps,
                        f"score {side.key}")
         with torch.no_grad():
-            objectives = sweep_objective(*sampler()).cpu()
+            objectives = torch.stack([sweep_objective(*sampler()) for _ in range(cost_batches)]).mean(0).cpu()
         return sweep, objectives
 
     @torch.no_grad()
