@@ -121,6 +121,9 @@ def _add_scan_parser(commands: argparse._SubParsersAction) -> None:
                            help="random restarts per family")
     inversion.add_argument("--max_candidates", type=int, default=defaults.max_candidates,
                            help="most candidate concepts in the targeted inversion")
+    inversion.add_argument("--refine_concepts", type=int, default=defaults.refine_concepts,
+                           help="an image family's target is the cheapest of this many likeliest concepts after "
+                           "further optimisation (0 or 1: the sweep's own choice)")
     inversion.add_argument("--seed", type=int, default=0, help="seed of the data subset and the inversion")
     inversion.add_argument("--repeats", type=int, default=1,
                            help="run the inversion this many times (seeds seed, seed+1, ...; same clean pairs) and "
@@ -308,6 +311,8 @@ def scan_command(args: argparse.Namespace) -> dict[str, Any]:
                  "top_k", "repeats"):
         if getattr(args, name) < 1:
             raise BIBAUError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.refine_concepts < 0:
+        raise BIBAUError(f"--refine_concepts must be >= 0 (0 or 1: off), got {args.refine_concepts}")
     if args.inversion_batch_size < 2:
         raise BIBAUError("--inversion_batch_size must be >= 2 (collapse is measured between images)")
     model = load_adapter(args.model, device=args.device, revision=args.revision)
@@ -326,7 +331,7 @@ def scan_command(args: argparse.Namespace) -> dict[str, Any]:
         steps=args.inversion_steps, score_steps=args.score_steps, batch_size=args.inversion_batch_size,
         restarts=args.inversion_restarts, image_families=tuple(args.trigger_families),
         invert_image=args.invert_towers in ("both", "image"), invert_text=args.invert_towers in ("both", "text"),
-        max_candidates=args.max_candidates, progress=not args.quiet,
+        max_candidates=args.max_candidates, refine_concepts=args.refine_concepts, progress=not args.quiet,
     )
     seeds = [args.seed + run for run in range(args.repeats)]
     summaries = []

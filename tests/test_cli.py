@@ -195,6 +195,8 @@ def test_scan_repeats_runs_the_inversion_once_per_seed(_tiny_models, tmp_path, c
     assert result["flagged_families"] == [f["family"] for f in repeats["families"] if f["suspected"]]
     code, _, err = run(["scan", model, *FAST_SCAN, "--repeats", "0"], capsys)
     assert code == 2 and "--repeats must be >= 1" in err
+    code, _, err = run(["scan", model, *FAST_SCAN, "--refine_concepts", "-1"], capsys)
+    assert code == 2 and "--refine_concepts must be >= 0" in err
 
 
 def _fake_reporting(monkeypatch, calls: list) -> None:

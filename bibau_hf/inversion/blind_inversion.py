@@ -13,6 +13,8 @@ mask-and-pattern, warp and additive, text soft tokens):
    (median − min) / (1.4826 · MAD) of log J (Neural Cleanse's statistic, Wang et al. 2019, on log costs), so it is
    calibrated by the model's own natural variation across concepts. The posterior is q(z_k) ∝ exp(anomaly_k); its
    mode is the suspected target, and the sweep's trigger for it is the inverted trigger used for unlearning.
+4. *Refinement* (image families): the likeliest few concepts' triggers are optimised further and the cheapest names
+   the target instead of the mode (the sweep's costs are noisy); the score and posterior stay the sweep's.
 
 The periodic image family (a fixed dictionary of sinusoids, :mod:`.periodic_trigger`) has nothing to optimise: its
 sweep tries every pattern, and J_k is the cheapest pattern's cross-entropy toward k.
