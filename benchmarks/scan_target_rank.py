@@ -40,7 +40,7 @@ def scan_rows(seed: int, attack: str, folder: Path, data) -> list[dict]:
     true_target = json.loads((folder / "attack.json").read_text()).get("target_name")
     rows = []
     for t in result.triggers:
-        ranked = sorted(t.anomaly, key=lambda concept: -t.anomaly[concept])
+        ranked = t.likeliest
         rows.append({
             "seed": seed, "attack": attack, "family": t.key, "true_target": true_target,
             "score": round(t.score, 3), "target": t.suspected_target,

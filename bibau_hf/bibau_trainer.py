@@ -524,7 +524,7 @@ class BIBAUTrainer(Trainer):
         """Per trigger family, the MAP latent target of the suspect model's scan and its anomaly score."""
         for trig in result.triggers:
             self._targets[trig.key] = (trig.score, trig.suspected_target, trig.confidence_gap)
-            self._likeliest[trig.key] = sorted(trig.anomaly, key=lambda concept: -trig.anomaly[concept])
+            self._likeliest[trig.key] = trig.likeliest
         self._targets, self._likeliest = broadcast_from_main((self._targets, self._likeliest))
 
     def _unlearning_target(self, key: str) -> str | None:

@@ -172,6 +172,11 @@ class InvertedTrigger:
         """This trigger's family name (:func:`family_key`)."""
         return family_key(self.modality, self.family)
 
+    @property
+    def likeliest(self) -> list[str]:
+        """The swept concepts, most anomalous first (the sweep's ranking of the latent target)."""
+        return sorted(self.anomaly, key=lambda concept: -self.anomaly[concept])
+
     def trigger_for(self, concept: str):
         """The sweep's trigger toward ``concept`` (a single-candidate family), or ``None`` if it was not swept."""
         return self.triggers_for([concept])
@@ -567,7 +572,7 @@ class BlindInverter:
         confidence gap stay the sweep's: the gates were fitted on them, and more steps make every refined concept look
         more anomalous against the others.
         """
-        concepts = sorted(result.anomaly, key=lambda concept: -result.anomaly[concept])[: self.config.refine_concepts]
+        concepts = result.likeliest[: self.config.refine_concepts]
         rows = result.sweep_rows(concepts)
         subset = [result.sweep_candidates[row] for row in rows]
         refined, costs = self._continuous_sweep(side, targets, subset, sampler, generator, None,
