@@ -103,6 +103,16 @@ class BIBAUConfig(TrainingArguments):
             "turns the gate off."
         },
     )
+    text_target_veto: bool = field(
+        default=True,
+        metadata={
+            "help": "When the text family passes its gate, an image family that passes toward another concept is "
+            "not unlearned: an attacker plants one target, and the text search separates planted from clean towers "
+            "far more widely than the image scores, so the image family's concept is a natural shortcut. On the "
+            "digits lab the mask family passed toward another concept on 5 of 9 text-backdoored models and never "
+            "named the text target (docs/METHOD_NOTES.md §32)."
+        },
+    )
     target_posterior: bool = field(
         default=True,
         metadata={

@@ -61,6 +61,7 @@ from .inversion import (
     ScanResult,
     WarpTrigger,
     passes_gates,
+    text_vetoed_families,
 )
 from .inversion.blind_inversion import concept_embeddings
 from .inversion.distributed import all_gather_with_grad, broadcast_from_main, is_distributed, mean_over_ranks
@@ -334,6 +335,7 @@ class BIBAUTrainer(Trainer):
         entry = {"round": round_index, "step": self.state.global_step, **result.to_dict(),
                  "tracked_targets": {key: t for key, (_, t, _) in self._targets.items()},
                  "unlearned_targets": {key: t for key in self._targets if (t := self._unlearning_target(key))},
+                 "text_vetoed": self._text_vetoed() if self.args.text_target_veto else {},
                  "uniform_families": self._uniform_families(),
                  "hedged_concepts": {key: self._hedged_concepts(key) for key in self._uniform_families()},
                  "tracked_score": round(tracked, 3)}
@@ -528,9 +530,21 @@ class BIBAUTrainer(Trainer):
         self._targets, self._likeliest = broadcast_from_main((self._targets, self._likeliest))
 
     def _unlearning_target(self, key: str) -> str | None:
-        """The family's (``"modality/family"``) round-0 target, if its anomaly reached its tower's unlearning
-        threshold and, for an image family, its confidence gap passed ``confidence_gap_threshold`` (else nothing to
-        unlearn there: inverting a clean tower only finds natural shortcuts, and unlearning those costs accuracy)."""
+        """The family's (``"modality/family"``) round-0 target, if it passed its gates (:meth:`_gated_target`) and,
+        with ``text_target_veto``, no passing text family names another concept (else nothing to unlearn there:
+        inverting a clean tower only finds natural shortcuts, and unlearning those costs accuracy)."""
+        target = self._gated_target(key)
+        if target is not None and self.args.text_target_veto and key in self._text_vetoed():
+            return None
+        return target
+
+    def _text_vetoed(self) -> dict[str, str]:
+        """The image families a passing text family overrules (:func:`~bibau_hf.inversion.text_vetoed_families`)."""
+        return text_vetoed_families({key: self._gated_target(key) for key in self._targets})
+
+    def _gated_target(self, key: str) -> str | None:
+        """The family's round-0 target, if its anomaly reached its tower's unlearning threshold and, for an image
+        family, its confidence gap passed ``confidence_gap_threshold``."""
         score, target, gap = self._targets.get(key, (0.0, None, math.nan))
         # An image trigger must also carry its images onto the target as firmly as the target's own images lie
         # there: a natural shortcut crosses the score gate too, but only reaches the target's border.

@@ -139,6 +139,9 @@ def _add_scan_parser(commands: argparse._SubParsersAction) -> None:
     output.add_argument("--confidence_gap", type=float, default=CONFIDENCE_GAP_THRESHOLD,
                         help="an image family is flagged only if its trigger's images match the target within this "
                         "cosine of the target's own images (a natural shortcut stays further; 2 turns this off)")
+    output.add_argument("--no_text_veto", dest="text_veto", action="store_false",
+                        help="also flag an image family that passes toward another concept than a passing text "
+                        "family (by default it is taken as a natural shortcut, as BI-BAU's text_target_veto does)")
     output.add_argument("--top_k", type=int, default=5, help="posterior entries to show")
     output.add_argument("--format", choices=("table", "json"), default="table", help="what to print on stdout")
     output.add_argument("--json", dest="json_path", metavar="PATH", default=None,
@@ -153,12 +156,14 @@ def _top(posterior: dict[str, float], k: int) -> dict[str, float]:
 
 def scan_summary(
     result: Any, *, model: str, threshold: float, text_threshold: float, confidence_gap: float, top_k: int,
-    num_clean_pairs: int, periodic_threshold: float | None = None,
+    num_clean_pairs: int, periodic_threshold: float | None = None, text_veto: bool = True,
 ) -> dict[str, Any]:
     """The JSON-ready verdict of a :class:`~bibau_hf.inversion.ScanResult`: a backdoor is suspected when any family
     reaches its tower's threshold (``threshold`` for image families, ``text_threshold`` for the text one) and, for
-    an image family, its confidence gap is at most ``confidence_gap`` (2 never vetoes)."""
-    from .inversion import PERIODIC_THRESHOLD, gate_threshold, passes_gates
+    an image family, its confidence gap is at most ``confidence_gap`` (2 never vetoes). With ``text_veto``, an image
+    family that passes toward another concept than a passing text family is not flagged (``vetoed_by`` says so), as
+    BI-BAU's ``text_target_veto`` does not unlearn it."""
+    from .inversion import PERIODIC_THRESHOLD, gate_threshold, passes_gates, text_vetoed_families
 
     periodic_threshold = PERIODIC_THRESHOLD if periodic_threshold is None else periodic_threshold
     details = result.to_dict()
@@ -175,6 +180,12 @@ def scan_summary(
             "suspected_target": t.suspected_target,
             "posterior_top": _top(t.posterior, top_k),
         })
+    if text_veto:
+        vetoed = text_vetoed_families({f["family"]: f["suspected_target"] if f["suspected"] else None
+                                       for f in families})
+        for family in families:
+            if family["family"] in vetoed:
+                family.update(suspected=False, vetoed_by=vetoed[family["family"]])
     flagged = [f for f in families if f["suspected"]]
     # The headline (target, its posterior, the posterior's top) is one family's: the flagged family most anomalous
     # relative to its threshold, else the scan's strongest. Mixing them paired one family's target with another's
@@ -188,7 +199,7 @@ def scan_summary(
         "verdict": "backdoor suspected" if flagged else "no backdoor detected",
         "backdoor_suspected": bool(flagged),
         "thresholds": {"image": threshold, "text": text_threshold, "periodic": periodic_threshold,
-                       "confidence_gap": confidence_gap},
+                       "confidence_gap": confidence_gap, "text_veto": text_veto},
         "flagged_families": [f["family"] for f in flagged],
         "backdoor_score": details["backdoor_score"],
         "suspected_target": target,
@@ -286,6 +297,11 @@ def format_scan(summary: dict[str, Any]) -> str:
                      "-" if family_gap is None else f"{family_gap:.3f}", target,
                      f"{family['posterior_top'].get(target, 0.0):.3f}"))
     lines += _aligned(rows)
+    for family in summary["families"]:
+        if family.get("vetoed_by"):
+            lines.append(f"{family['family']} passes its gates toward {family['suspected_target']!r}, but "
+                         f"{family['vetoed_by']} names another target: taken as a natural shortcut (--no_text_veto "
+                         "flags it)")
     if repeats:
         seeds = ", ".join(map(str, repeats["seeds"]))
         lines += ["", f"over {len(repeats['seeds'])} runs (seeds {seeds}): the verdict flags a family that passes its "
@@ -340,7 +356,7 @@ def scan_command(args: argparse.Namespace) -> dict[str, Any]:
         summaries.append(scan_summary(
             result, model=str(args.model), threshold=args.threshold, text_threshold=args.text_threshold,
             top_k=args.top_k, num_clean_pairs=len(train), confidence_gap=args.confidence_gap,
-            periodic_threshold=args.periodic_threshold,
+            periodic_threshold=args.periodic_threshold, text_veto=args.text_veto,
         ))
     summary = summaries[0] if len(summaries) == 1 else combine_repeats(summaries, seeds)
     if args.json_path:

@@ -25,7 +25,13 @@ from bibau_hf.attacks.plant import ATTACK_FILE, load_attack
 from bibau_hf.clean_pipeline import default_cache_dir, demo_model
 from bibau_hf.data.sources import is_builtin, load_train_and_eval
 from bibau_hf.evaluation import ZeroShotEvaluator
-from bibau_hf.inversion import CONFIDENCE_GAP_THRESHOLD, IMAGE_THRESHOLD, TEXT_THRESHOLD, passes_gates
+from bibau_hf.inversion import (
+    CONFIDENCE_GAP_THRESHOLD,
+    IMAGE_THRESHOLD,
+    TEXT_THRESHOLD,
+    passes_gates,
+    text_vetoed_families,
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -59,14 +65,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 1-2. Is it backdoored, and toward what?
     result = scan(model, clean.images, clean.captions, concepts=concepts,
                   config=InversionConfig(score_steps=args.score_steps, progress=False))
-    suspected = []
+    gated = {
+        family.key: family.suspected_target if passes_gates(
+            family.modality, family.score, family.confidence_gap, threshold=IMAGE_THRESHOLD,
+            text_threshold=TEXT_THRESHOLD, max_confidence_gap=CONFIDENCE_GAP_THRESHOLD, family=family.family,
+        ) else None
+        for family in result.triggers
+    }
+    # As BI-BAU does: an image family naming another concept than a passing text family is a natural shortcut.
+    vetoed = text_vetoed_families(gated)
+    suspected = [key for key, target in gated.items() if target is not None and key not in vetoed]
     for family in result.triggers:
-        flagged = passes_gates(family.modality, family.score, family.confidence_gap, threshold=IMAGE_THRESHOLD,
-                               text_threshold=TEXT_THRESHOLD, max_confidence_gap=CONFIDENCE_GAP_THRESHOLD,
-                               family=family.family)
-        print(f"  {family.key:12s} score {family.score:7.2f} toward {family.suspected_target!r}"
-              f"{'  <- suspected' if flagged else ''}")
-        suspected += [family.key] if flagged else []
+        note = ("  <- suspected" if family.key in suspected else
+                f"  (passes, but {vetoed[family.key]} names another target)" if family.key in vetoed else "")
+        print(f"  {family.key:12s} score {family.score:7.2f} toward {family.suspected_target!r}{note}")
     if not suspected and not args.clean_anyway:
         print("no backdoor suspected; the model is left as it is (--clean_anyway runs BI-BAU regardless, which then "
               "unlearns every family toward its likeliest concepts, in case the scan missed the backdoor)")

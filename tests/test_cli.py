@@ -130,14 +130,14 @@ def _family(modality, name, score, target, posterior, gap=float("nan")):
                            collapse=float("nan"), collapse_target=target, details={}, confidence_gap=gap)
 
 
-def _summary(*families, threshold=1.5):
+def _summary(*families, threshold=1.5, text_veto=True):
     from bibau_hf.cli import scan_summary
     from bibau_hf.inversion import ScanResult
 
     result = ScanResult(triggers=list(families), candidates=["zero", "one", "three", "five"], natural_similarity=0.5,
                         seconds=1.0)
     return scan_summary(result, model="m", threshold=threshold, text_threshold=10.0, confidence_gap=0.12, top_k=5,
-                        num_clean_pairs=8)
+                        num_clean_pairs=8, text_veto=text_veto)
 
 
 def test_scan_headline_pairs_the_flagged_familys_target_with_its_own_posterior():
@@ -153,6 +153,25 @@ def test_scan_headline_pairs_the_flagged_familys_target_with_its_own_posterior()
     quiet = _summary(warp, text, threshold=5.0)
     assert not quiet["backdoor_suspected"] and quiet["strongest_family"] == "text/soft_tokens"
     assert (quiet["suspected_target"], quiet["suspected_target_posterior"]) == ("three", 0.55)
+
+
+def test_scan_does_not_flag_an_image_family_that_names_another_target_than_the_passing_text_family():
+    from bibau_hf.cli import format_scan
+
+    mask = _family("image", "mask", 5.0, "five", {"five": 0.4, "zero": 0.1}, gap=0.05)
+    warp = _family("image", "warp", 2.0, "zero", {"zero": 0.3, "one": 0.2}, gap=0.05)
+    text = _family("text", "soft_tokens", 30.0, "zero", {"zero": 0.9, "five": 0.01})
+    summary = _summary(mask, warp, text)
+    assert summary["flagged_families"] == ["image/warp", "text/soft_tokens"]  # the warp family agrees with the text
+    assert summary["families"][0]["vetoed_by"] == "text/soft_tokens" and not summary["families"][0]["suspected"]
+    assert summary["suspected_target"] == "zero" and summary["thresholds"]["text_veto"] is True
+    assert "image/mask passes its gates toward 'five', but text/soft_tokens names another target" in format_scan(
+        summary)
+    # Without a passing text family, or with the veto off, the mask family is flagged as before.
+    assert "image/mask" in _summary(mask, _family("text", "soft_tokens", 4.0, "zero", {"zero": 0.3}))[
+        "flagged_families"]
+    assert _summary(mask, warp, text, text_veto=False)["flagged_families"] == [
+        "image/mask", "image/warp", "text/soft_tokens"]
 
 
 def test_repeated_scans_flag_a_family_that_passes_toward_one_target_in_most_runs():

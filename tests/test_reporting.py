@@ -162,6 +162,13 @@ def test_card_says_per_family_whether_it_was_unlearned_and_its_confidence_gap():
     text = render_model_card(report).text
     assert "image/mask → zero (score 6.107, confidence gap 0.012, unlearned)" in text
     assert "text/soft_tokens → one (score 0.800, not unlearned)" in text
+    report["rounds"][0]["unlearned_targets"] = {"text/soft_tokens": "one"}
+    report["rounds"][0]["text_vetoed"] = {"image/mask": "text/soft_tokens"}
+    text = render_model_card(report).text
+    assert ("image/mask → zero (score 6.107, confidence gap 0.012, not unlearned: text/soft_tokens names another "
+            "target (`text_target_veto`))") in text
+    report["rounds"][0]["unlearned_targets"] = {"image/mask": "zero"}
+    del report["rounds"][0]["text_vetoed"]
     report["rounds"][0]["uniform_families"] = ["text/soft_tokens"]
     text = render_model_card(report).text
     assert "text/soft_tokens → one (score 0.800, under its gates: unlearned toward every concept)" in text

@@ -479,6 +479,29 @@ def test_each_tower_is_gated_by_its_own_unlearning_threshold(tiny_model, digits_
     assert trainer._unlearning_target("text/soft_tokens") == "one"
 
 
+def test_a_passing_text_family_vetoes_image_families_toward_another_concept(tiny_model, digits_data, tmp_path):
+    from bibau_hf.inversion import text_vetoed_families
+
+    nan = float("nan")
+    config = make_config(tmp_path, unlearn_threshold=1.5, text_unlearn_threshold=10.0)
+    trainer = BIBAUTrainer(tiny_model, config, small_clean_set(digits_data, 32))
+    trainer._targets = {"image/mask": (5.0, "seven", 0.01), "image/warp": (2.0, "zero", 0.01),
+                        "text/soft_tokens": (30.0, "zero", nan)}
+    assert trainer._unlearning_target("image/mask") is None  # a natural shortcut next to the text's target
+    assert trainer._unlearning_target("image/warp") == "zero"
+    assert trainer._unlearning_target("text/soft_tokens") == "zero"
+    assert trainer._text_vetoed() == {"image/mask": "text/soft_tokens"}
+    # The veto only counts a text family that passes its own gate, and can be turned off.
+    trainer._targets["text/soft_tokens"] = (5.0, "zero", nan)
+    assert trainer._unlearning_target("image/mask") == "seven" and trainer._text_vetoed() == {}
+    trainer._targets["text/soft_tokens"] = (30.0, "zero", nan)
+    trainer.args.text_target_veto = False
+    assert trainer._unlearning_target("image/mask") == "seven"
+    # Families under their gates are neither vetoed nor veto.
+    assert text_vetoed_families({"image/mask": None, "image/warp": "one", "text/soft_tokens": None}) == {}
+    assert text_vetoed_families({"image/mask": None, "text/soft_tokens": "one"}) == {}
+
+
 def test_image_family_whose_trigger_only_reaches_the_targets_border_is_not_unlearned(tiny_model, digits_data,
                                                                                      tmp_path):
     config = make_config(tmp_path, unlearn_threshold=1.5, confidence_gap_threshold=0.075)

@@ -12,6 +12,7 @@ from .blind_inversion import (
     gate_threshold,
     passes_gates,
     scan,
+    text_vetoed_families,
 )
 from .image_trigger import (
     IMAGE_FAMILIES,
@@ -51,4 +52,5 @@ __all__ = [
     "passes_gates",
     "periodic_atoms",
     "scan",
+    "text_vetoed_families",
 ]

@@ -142,6 +142,27 @@ def passes_gates(
     return score >= level and not confidence_gap > max_confidence_gap
 
 
+def text_vetoed_families(passing_targets: Mapping[str, str | None]) -> dict[str, str]:
+    """The image families a passing text family overrules: those that pass their gates toward another concept.
+
+    An attacker plants one target, and the text family's exhaustive token search separates planted from clean towers
+    far more widely than any image family's score does (METHOD_NOTES §32). An image family that names another concept
+    next to it is a natural shortcut of the image tower, and unlearning one costs clean accuracy.
+
+    Args:
+        passing_targets: per family key (``"modality/family"``), its target if it passes its gates, else ``None``.
+
+    Returns:
+        Per overruled image family key, the text family's key that overrules it (empty where no text family passes).
+    """
+    text = [(key, target) for key, target in passing_targets.items() if key.startswith("text/") and target]
+    if not text:
+        return {}
+    text_key, text_target = text[0]
+    return {key: text_key for key, target in passing_targets.items()
+            if key.startswith("image/") and target is not None and target != text_target}
+
+
 @dataclass
 class InvertedTrigger:
     """One family's E-step outcome: the inverted trigger for the suspected target, and its statistics."""

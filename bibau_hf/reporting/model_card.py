@@ -292,6 +292,8 @@ def _family_text(trigger: dict[str, Any], report: dict[str, Any]) -> str:
             concepts = (rounds[0].get("hedged_concepts") or {}).get(key)
             toward = f"its likeliest concepts ({', '.join(concepts)})" if concepts else "every concept"
             facts.append(f"under its gates: unlearned toward {toward}")
+        elif key in rounds[0].get("text_vetoed", {}):
+            facts.append(f"not unlearned: {rounds[0]['text_vetoed'][key]} names another target (`text_target_veto`)")
         else:
             facts.append("not unlearned")
     return f"{key} → {trigger['suspected_target']} ({', '.join(facts)})"
