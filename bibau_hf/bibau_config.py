@@ -110,7 +110,8 @@ class BIBAUConfig(TrainingArguments):
             "not unlearned: an attacker plants one target, and the text search separates planted from clean towers "
             "far more widely than the image scores, so the image family's concept is a natural shortcut. On the "
             "digits lab the mask family passed toward another concept on 5 of 9 text-backdoored models and never "
-            "named the text target (docs/METHOD_NOTES.md §32)."
+            "named the text target (docs/METHOD_NOTES.md §32). A text_unlearn_threshold of 0 passes every text "
+            "family, which is no evidence, so it vetoes nothing."
         },
     )
     target_posterior: bool = field(

@@ -335,7 +335,7 @@ class BIBAUTrainer(Trainer):
         entry = {"round": round_index, "step": self.state.global_step, **result.to_dict(),
                  "tracked_targets": {key: t for key, (_, t, _) in self._targets.items()},
                  "unlearned_targets": {key: t for key in self._targets if (t := self._unlearning_target(key))},
-                 "text_vetoed": self._text_vetoed() if self.args.text_target_veto else {},
+                 "text_vetoed": self._text_vetoed(),
                  "uniform_families": self._uniform_families(),
                  "hedged_concepts": {key: self._hedged_concepts(key) for key in self._uniform_families()},
                  "tracked_score": round(tracked, 3)}
@@ -534,12 +534,13 @@ class BIBAUTrainer(Trainer):
         with ``text_target_veto``, no passing text family names another concept (else nothing to unlearn there:
         inverting a clean tower only finds natural shortcuts, and unlearning those costs accuracy)."""
         target = self._gated_target(key)
-        if target is not None and self.args.text_target_veto and key in self._text_vetoed():
-            return None
-        return target
+        return None if target is not None and key in self._text_vetoed() else target
 
     def _text_vetoed(self) -> dict[str, str]:
-        """The image families a passing text family overrules (:func:`~bibau_hf.inversion.text_vetoed_families`)."""
+        """The image families a passing text family overrules (:func:`~bibau_hf.inversion.text_vetoed_families`);
+        none without ``text_target_veto`` or with a text gate of 0, which every text family passes (no evidence)."""
+        if not self.args.text_target_veto or self.args.text_unlearn_threshold <= 0:
+            return {}
         return text_vetoed_families({key: self._gated_target(key) for key in self._targets})
 
     def _gated_target(self, key: str) -> str | None:

@@ -160,9 +160,9 @@ def scan_summary(
 ) -> dict[str, Any]:
     """The JSON-ready verdict of a :class:`~bibau_hf.inversion.ScanResult`: a backdoor is suspected when any family
     reaches its tower's threshold (``threshold`` for image families, ``text_threshold`` for the text one) and, for
-    an image family, its confidence gap is at most ``confidence_gap`` (2 never vetoes). With ``text_veto``, an image
-    family that passes toward another concept than a passing text family is not flagged (``vetoed_by`` says so), as
-    BI-BAU's ``text_target_veto`` does not unlearn it."""
+    an image family, its confidence gap is at most ``confidence_gap`` (2 never vetoes). With ``text_veto`` (and a
+    positive ``text_threshold``), an image family that passes toward another concept than a passing text family is not
+    flagged (``vetoed_by`` says so), as BI-BAU's ``text_target_veto`` does not unlearn it."""
     from .inversion import PERIODIC_THRESHOLD, gate_threshold, passes_gates, text_vetoed_families
 
     periodic_threshold = PERIODIC_THRESHOLD if periodic_threshold is None else periodic_threshold
@@ -180,7 +180,7 @@ def scan_summary(
             "suspected_target": t.suspected_target,
             "posterior_top": _top(t.posterior, top_k),
         })
-    if text_veto:
+    if text_veto and text_threshold > 0:  # a gate of 0 passes every text family: no evidence to veto with
         vetoed = text_vetoed_families({f["family"]: f["suspected_target"] if f["suspected"] else None
                                        for f in families})
         for family in families:

@@ -96,7 +96,8 @@ def test_scan_prints_a_verdict_and_writes_json(_tiny_models, tmp_path, capsys):
     result = json.loads(out)
     assert result == json.loads((tmp_path / "scan.json").read_text())
     assert result["model"] == str(model) and result["num_clean_pairs"] == 24
-    assert result["thresholds"] == {"image": 1.5, "text": 10.0, "periodic": 8.0, "confidence_gap": 0.12}
+    assert result["thresholds"] == {"image": 1.5, "text": 10.0, "periodic": 8.0, "confidence_gap": 0.12,
+                                    "text_veto": True}
     for family in result["families"]:  # each family against its own tower's threshold
         text = family["family"].startswith("text/")
         assert family["threshold"] == (10.0 if text else 8.0 if family["family"] == "image/periodic" else 1.5)

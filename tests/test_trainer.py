@@ -495,6 +495,9 @@ def test_a_passing_text_family_vetoes_image_families_toward_another_concept(tiny
     trainer._targets["text/soft_tokens"] = (5.0, "zero", nan)
     assert trainer._unlearning_target("image/mask") == "seven" and trainer._text_vetoed() == {}
     trainer._targets["text/soft_tokens"] = (30.0, "zero", nan)
+    trainer.args.text_unlearn_threshold = 0.0  # every text family passes a gate of 0: no evidence to veto with
+    assert trainer._unlearning_target("image/mask") == "seven" and trainer._text_vetoed() == {}
+    trainer.args.text_unlearn_threshold = 10.0
     trainer.args.text_target_veto = False
     assert trainer._unlearning_target("image/mask") == "seven"
     # Families under their gates are neither vetoed nor veto.
