@@ -539,9 +539,10 @@ class BIBAUTrainer(Trainer):
     def _text_vetoed(self) -> dict[str, str]:
         """The image families a passing text family overrules (:func:`~bibau_hf.inversion.text_vetoed_families`);
         none without ``text_target_veto`` or with a text gate of 0, which every text family passes (no evidence)."""
-        if not self.args.text_target_veto or self.args.text_unlearn_threshold <= 0:
+        if not self.args.text_target_veto:
             return {}
-        return text_vetoed_families({key: self._gated_target(key) for key in self._targets})
+        return text_vetoed_families({key: self._gated_target(key) for key in self._targets},
+                                    text_threshold=self.args.text_unlearn_threshold)
 
     def _gated_target(self, key: str) -> str | None:
         """The family's round-0 target, if its anomaly reached its tower's unlearning threshold and, for an image

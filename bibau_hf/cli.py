@@ -180,9 +180,9 @@ def scan_summary(
             "suspected_target": t.suspected_target,
             "posterior_top": _top(t.posterior, top_k),
         })
-    if text_veto and text_threshold > 0:  # a gate of 0 passes every text family: no evidence to veto with
+    if text_veto:
         vetoed = text_vetoed_families({f["family"]: f["suspected_target"] if f["suspected"] else None
-                                       for f in families})
+                                       for f in families}, text_threshold=text_threshold)
         for family in families:
             if family["family"] in vetoed:
                 family.update(suspected=False, vetoed_by=vetoed[family["family"]])

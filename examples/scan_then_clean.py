@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for family in result.triggers
     }
     # As BI-BAU does: an image family naming another concept than a passing text family is a natural shortcut.
-    vetoed = text_vetoed_families(gated)
+    vetoed = text_vetoed_families(gated, text_threshold=TEXT_THRESHOLD)
     suspected = [key for key, target in gated.items() if target is not None and key not in vetoed]
     for family in result.triggers:
         note = ("  <- suspected" if family.key in suspected else

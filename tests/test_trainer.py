@@ -501,8 +501,10 @@ def test_a_passing_text_family_vetoes_image_families_toward_another_concept(tiny
     trainer.args.text_target_veto = False
     assert trainer._unlearning_target("image/mask") == "seven"
     # Families under their gates are neither vetoed nor veto.
-    assert text_vetoed_families({"image/mask": None, "image/warp": "one", "text/soft_tokens": None}) == {}
-    assert text_vetoed_families({"image/mask": None, "text/soft_tokens": "one"}) == {}
+    assert text_vetoed_families({"image/mask": None, "image/warp": "one", "text/soft_tokens": None},
+                                text_threshold=10.0) == {}
+    assert text_vetoed_families({"image/mask": None, "text/soft_tokens": "one"}, text_threshold=10.0) == {}
+    assert text_vetoed_families({"image/mask": "seven", "text/soft_tokens": "zero"}, text_threshold=0.0) == {}
 
 
 def test_image_family_whose_trigger_only_reaches_the_targets_border_is_not_unlearned(tiny_model, digits_data,

@@ -142,7 +142,7 @@ def passes_gates(
     return score >= level and not confidence_gap > max_confidence_gap
 
 
-def text_vetoed_families(passing_targets: Mapping[str, str | None]) -> dict[str, str]:
+def text_vetoed_families(passing_targets: Mapping[str, str | None], *, text_threshold: float) -> dict[str, str]:
     """The image families a passing text family overrules: those that pass their gates toward another concept.
 
     An attacker plants one target, and the text family's exhaustive token search separates planted from clean towers
@@ -151,10 +151,14 @@ def text_vetoed_families(passing_targets: Mapping[str, str | None]) -> dict[str,
 
     Args:
         passing_targets: per family key (``"modality/family"``), its target if it passes its gates, else ``None``.
+        text_threshold: the text family's gate. A gate of 0 passes every text family, which is no evidence, so it
+            vetoes nothing.
 
     Returns:
         Per overruled image family key, the text family's key that overrules it (empty where no text family passes).
     """
+    if text_threshold <= 0:
+        return {}
     text = [(key, target) for key, target in passing_targets.items() if key.startswith("text/") and target]
     if not text:
         return {}
