@@ -52,7 +52,7 @@ from run_lab import ATTACKS, CIFAR, plant  # noqa: E402
 METHODS = ["no_defense", "clean_finetune", "cleanclip", "ibau", "bibau", "bibau_lora"]
 ABLATIONS = ["bibau_no_text", "bibau_no_target", "bibau_no_prior", "bibau_mask_only", "bibau_additive",
              "bibau_no_extrapolation", "bibau_no_patch", "bibau_all_families", "bibau_wide_warp", "bibau_periodic",
-             "bibau_uniform_ungated", "bibau_uniform_ungated_half", "bibau_uniform_if_none"]
+             "bibau_uniform_ungated", "bibau_uniform_ungated_half", "bibau_uniform_if_none", "bibau_relearn_lookahead"]
 REFERENCE = "clean_reference"
 LABELS = {
     REFERENCE: "clean reference (never poisoned)", "no_defense": "no defense", "clean_finetune": "clean fine-tuning",
@@ -65,6 +65,7 @@ LABELS = {
     "bibau_uniform_ungated": "BI-BAU, uniform posterior under the gates",
     "bibau_uniform_ungated_half": "BI-BAU, uniform posterior under the gates at half weight",
     "bibau_uniform_if_none": "BI-BAU, uniform posterior when nothing passes the gates",
+    "bibau_relearn_lookahead": "BI-BAU + relearning lookahead",
 }
 QUICK = {
     # One cell and no LoRA run, but every method at its real settings: a quick cell is a real (one-seed) result,

@@ -87,6 +87,12 @@ DEFAULT_LORA_TARGETS = {
 Evaluator = Callable[[ContrastiveAdapter], dict[str, float]]
 
 
+# The M-step's terms that unlearn (taken at the relearning-shifted weights with ``relearn_lookahead``) and those that
+# keep the clean task.
+UNLEARNING_TERMS = frozenset({"trigger_image", "push", "trigger_text", "invariance"})
+KEEPING_TERMS = frozenset({"clean", "prior"})
+
+
 def distributed_clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor):
     """CLIP loss whose negatives come from every rank (embeddings gathered with gradients, open_clip style).
 
@@ -248,6 +254,7 @@ class BIBAUTrainer(Trainer):
         self._trigger_word_ids: torch.Tensor | None = None  # the soft tokens' vocabulary ids, when they are words
         self._target_directions: torch.Tensor | None = None
         self._pushed: torch.Tensor | None = None  # which image triggers the push term applies to (targeted ones)
+        self._loss_terms: frozenset[str] | None = None  # the terms compute_loss sums (None: all)
         self._trigger_slots: list[list[int]] | None = None  # triggers sharing one slot of rows (_trigger_owner)
         self._slot_weights: list[float] | None = None  # the slots' shares of the rows, where they differ
         self._text_weight = 1.0  # the text trigger's loss weight relative to trigger_text_weight
@@ -613,7 +620,74 @@ class BIBAUTrainer(Trainer):
             self._round = round_index
             self._e_step(round_index)
             model.train()
+        if self.args.relearn_lookahead > 0 and self._target_directions is not None:
+            shift = self._relearning_shift(inputs)
+            if shift is not None:
+                return self._lookahead_training_step(model, inputs, num_items_in_batch, *shift)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _lookahead_training_step(self, model, inputs, num_items_in_batch, params, delta):
+        """One M-step whose unlearning terms' gradient is taken at θ + δ (``delta``, from :meth:`_relearning_shift`)
+        and whose clean and prior terms' gradient is taken at θ; the two backward passes add up in ``.grad``.
+
+        The clean and prior terms stay at θ because their gradient at θ + δ mostly undoes δ: a pull away from the
+        relearning direction at every step, which cost 12-26 CA points on WaNet when every term was shifted
+        (docs/METHOD_NOTES.md §33).
+        """
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in params]  # restored exactly: (θ + δ) − δ would round
+            torch._foreach_add_(params, delta)
+        try:
+            self._loss_terms = UNLEARNING_TERMS
+            unlearning = super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, saved)
+        try:
+            self._loss_terms = KEEPING_TERMS
+            return unlearning + super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self._loss_terms = None
+
+    def _relearning_shift(
+        self, inputs: dict[str, torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """The weight step of length ``relearn_lookahead`` that most helps a retuning attacker: the normalised
+        descent direction of the loss that maps the targeted triggers' images to their suspected targets.
+
+        The M-step's gradient is then taken at the shifted weights (sharpness-aware minimisation with the attacker
+        as the adversary), so that the unlearning still holds after a small step toward relearning. Computed on the
+        unwrapped model and averaged over ranks by hand, so that every rank shifts its weights identically.
+        """
+        triggered = self._triggered_images(inputs["pixel_values"])
+        if triggered is None:
+            return None
+        owner = self._trigger_owner(inputs["input_ids"].shape[0]).to(self._target_directions.device)
+        keep = owner >= 0
+        if self._pushed is not None:
+            keep &= self._pushed[owner.clamp(min=0)]
+        if not bool(keep.any()):
+            return None
+        params = [p for p in self.adapter.parameters() if p.requires_grad]
+        trig = self.adapter.encode_image(triggered)[keep.to(triggered.device)]
+        text_embeds = self.adapter.encode_text(inputs["input_ids"])
+        target = self._target_directions[owner[keep]].to(trig.device)
+        # The attacker's poisoned pairs: each triggered image captioned with its target, against the batch's captions.
+        toward_target = (trig * target).sum(-1, keepdim=True)
+        logits = self.adapter.logit_scale() * torch.cat([toward_target, trig @ text_embeds.T], dim=1)
+        loss = F.cross_entropy(logits, torch.zeros(len(trig), dtype=torch.long, device=trig.device))
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        if is_distributed():
+            world = torch.distributed.get_world_size()
+            for g in grads:
+                torch.distributed.all_reduce(g)
+                g.div_(world)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if not torch.isfinite(norm) or norm == 0:
+            return None
+        scale = -self.args.relearn_lookahead / norm
+        return params, [g * scale for g in grads]
 
     @torch.no_grad()
     def _extrapolate(self, alpha: float) -> None:
@@ -690,8 +764,9 @@ class BIBAUTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
         pixel_values, input_ids = inputs["pixel_values"], inputs["input_ids"]
-        triggered = self._triggered_images(pixel_values)
-        soft = self._soft_tokens if args.trigger_text_weight > 0 else None
+        unlearning = self._loss_terms is None or bool(self._loss_terms & UNLEARNING_TERMS)
+        triggered = self._triggered_images(pixel_values) if unlearning else None
+        soft = self._soft_tokens if args.trigger_text_weight > 0 and unlearning else None
         if soft is not None and self._trigger_word_ids is not None:
             # The trigger word itself, through the embedding layer (and a LoRA adapter on it, if any), so that the
             # gradient reaches its embedding row.
@@ -740,6 +815,8 @@ class BIBAUTrainer(Trainer):
             copies = states.shape[1] // batch - 1
             terms["invariance"] = (args.invariance_weight,
                                    ((states[:, batch:] - clean_states.repeat(1, copies, 1)) ** 2).mean((1, 2)).sum())
+        if self._loss_terms is not None:
+            terms = {name: term for name, term in terms.items() if name in self._loss_terms}
         loss = sum(weight * value for weight, value in terms.values())
         for name, (_, value) in terms.items():
             self._metrics[name].append(float(value.detach()))

@@ -292,6 +292,7 @@ def test_variants_change_exactly_their_knob(tmp_path):
         "bibau_uniform_ungated": {"ungated_families": "uniform"},
         "bibau_uniform_ungated_half": {"ungated_families": "uniform", "ungated_weight": 0.5},
         "bibau_uniform_if_none": {"ungated_families": "uniform_if_none_pass"},
+        "bibau_relearn_lookahead": {"relearn_lookahead": 0.05},
     }
     assert set(expected) == set(baselines.VARIANTS)
     for name, changes in expected.items():
@@ -299,7 +300,8 @@ def test_variants_change_exactly_their_knob(tmp_path):
         assert config.output_dir == str(tmp_path / name)
         assert config.seed == 3 and config.num_train_epochs == 11
         for key in ("learning_rate", "use_lora", "invert_towers", "push_weight", "prior_type", "trigger_families",
-                    "path_extrapolation", "patch_completion", "warp_max_shift", "ungated_families"):
+                    "path_extrapolation", "patch_completion", "warp_max_shift", "ungated_families",
+                    "relearn_lookahead"):
             assert getattr(config, key) == changes.get(key, getattr(base, key)), (name, key)
     # BI-BAU's default inverts the mask and warp families, so the mask-only row is an ablation of its own.
     assert base.trigger_families == ["mask", "warp"] and "bibau_mask_only" not in baselines.ALIASES

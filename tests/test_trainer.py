@@ -56,6 +56,8 @@ def test_config_rejects_bad_values(tmp_path):
         make_config(tmp_path, warp_strength=0.5)
     with pytest.raises(BIBAUError, match="path_extrapolation"):
         make_config(tmp_path, path_extrapolation=0.5)
+    with pytest.raises(BIBAUError, match="relearn_lookahead"):
+        make_config(tmp_path, relearn_lookahead=-0.1)
     with pytest.raises(BIBAUError, match="patch_max_cells"):
         make_config(tmp_path, patch_max_cells=0)
     for bound in (0.0, 0.6):
@@ -241,6 +243,74 @@ def test_extrapolation_happens_as_each_round_after_the_first_begins(tiny_model, 
                          ungated_families="skip", overwrite_output_dir=True)
     CountingTrainer(tiny_model, config, data).train()
     assert calls == []
+
+
+def _relearning_setup(tiny_model, digits_data, tmp_path, **kwargs):
+    data = small_clean_set(digits_data, 16)
+    trainer = BIBAUTrainer(tiny_model, make_config(tmp_path, trigger_shift=False, **kwargs), data)
+    batch = trainer.data_collator([data[i] for i in range(16)])
+    trainer._image_triggers = [_PixelTrigger(_white_corner)]
+    with torch.no_grad():
+        target = tiny_model.encode_text(tiny_model.tokenize(["a photo of the number zero"]))[0]
+    trainer._target_directions, trainer._pushed = target[None], torch.tensor([True])
+    return trainer, batch, target
+
+
+def test_relearning_shift_has_the_configured_length_and_moves_triggered_images_toward_the_target(
+    tiny_model, digits_data, tmp_path
+):
+    trainer, batch, target = _relearning_setup(tiny_model, digits_data, tmp_path, relearn_lookahead=0.05)
+    triggered = _white_corner(batch["pixel_values"])
+
+    def toward_target() -> float:
+        with torch.no_grad():
+            return float((tiny_model.encode_image(triggered) @ target).mean())
+
+    params, delta = trainer._relearning_shift(batch)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in delta]))
+    torch.testing.assert_close(norm, torch.tensor(0.05))
+    before = toward_target()
+    with torch.no_grad():
+        torch._foreach_add_(params, delta)
+    assert toward_target() > before
+    # Nothing to relearn without a targeted trigger (a hedged family has no target to push toward).
+    trainer._pushed = torch.tensor([False])
+    assert trainer._relearning_shift(batch) is None
+
+
+def test_relearning_shift_with_lora_moves_only_the_adapter(tiny_model, digits_data, tmp_path):
+    trainer, batch, _ = _relearning_setup(tiny_model, digits_data, tmp_path, relearn_lookahead=0.05, use_lora=True)
+    params, delta = trainer._relearning_shift(batch)
+    lora = {id(p) for n, p in tiny_model.named_parameters() if "lora_" in n}
+    assert lora and {id(p) for p in params} == lora
+    assert any(d.abs().sum() > 0 for d in delta)
+
+
+def test_lookahead_step_returns_the_weights_before_the_optimiser_steps(tiny_model, digits_data, tmp_path):
+    trainer, batch, _ = _relearning_setup(tiny_model, digits_data, tmp_path, relearn_lookahead=0.5)
+    trainer._round = 0  # the E-step is not under test: keep the stand-in trigger
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this test skips
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    shifted = []
+    original = trainer.compute_loss
+
+    def recording_loss(*args, **kwargs):
+        shifted.append(any(not torch.equal(p, before[n]) for n, p in tiny_model.named_parameters()))
+        trainer._metrics.clear()
+        loss = original(*args, **kwargs)
+        terms.append(set(trainer._metrics))
+        return loss
+
+    terms = []
+    trainer.compute_loss = recording_loss
+    trainer.model.train()
+    trainer.training_step(trainer.model, batch)
+    # The unlearning terms are taken at the shifted weights, the clean task's at the weights themselves ...
+    assert shifted == [True, False]
+    assert terms == [{"trigger_image", "push", "invariance"}, {"clean", "prior"}]
+    for name, p in tiny_model.named_parameters():
+        torch.testing.assert_close(p, before[name], msg=name)  # ... and the weights come back
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny_model.parameters())
 
 
 def test_push_term_ignores_images_already_matching_the_target():

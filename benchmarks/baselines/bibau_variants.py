@@ -27,6 +27,8 @@ Each variant switches off one part of the method (DESIGN §3):
   a targeted family for each family under its gates (§29).
 - ``bibau_uniform_if_none``: ``ungated_families="uniform_if_none_pass"``: the same hedge for every family, but only
   when no family passed its gates (the scan found nothing); otherwise as by default (§30).
+- ``bibau_relearn_lookahead``: ``relearn_lookahead=0.05``: the unlearning terms' gradient is taken after a small
+  weight step toward relearning the suspected backdoor (an extension, off by default; docs/METHOD_NOTES.md §33).
 
 ``bibau_lora`` trains LoRA adapters only, at learning rate 1e-3 (a rank-8
 adapter at the full model's 1e-4 barely moves in 60 steps).
@@ -59,6 +61,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bibau_uniform_ungated": {"ungated_families": "uniform"},
     "bibau_uniform_ungated_half": {"ungated_families": "uniform", "ungated_weight": 0.5},
     "bibau_uniform_if_none": {"ungated_families": "uniform_if_none_pass"},
+    "bibau_relearn_lookahead": {"relearn_lookahead": 0.05},
 }
 """BIBAUConfig overrides per variant (on top of the benchmark's shared config)."""
 
