@@ -64,7 +64,13 @@ from .inversion import (
     text_vetoed_families,
 )
 from .inversion.blind_inversion import concept_embeddings
-from .inversion.distributed import all_gather_with_grad, broadcast_from_main, is_distributed, mean_over_ranks
+from .inversion.distributed import (
+    all_gather_with_grad,
+    average_over_ranks,
+    broadcast_from_main,
+    is_distributed,
+    mean_over_ranks,
+)
 from .inversion.text_trigger import decode_token_ids, nearest_vocabulary_ids
 from .models.base import ContrastiveAdapter
 from .reference_outputs import ReferenceOutputCache
@@ -592,6 +598,15 @@ class BIBAUTrainer(Trainer):
         slot_of, turn = rows % len(slots), rows // len(slots) + step
         return torch.tensor([slots[s][t % len(slots[s])] for s, t in zip(slot_of.tolist(), turn.tolist())])
 
+    def _targeted_rows(self, batch: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_trigger_owner` on ``device``, and which triggered rows carry a targeted trigger: a uniform family's
+        rows have no target (to push away from, or to relearn toward), and untriggered rows no trigger."""
+        owner = self._trigger_owner(batch).to(device)
+        keep = owner >= 0
+        if self._pushed is not None:
+            keep &= self._pushed[owner.clamp(min=0)]
+        return owner, keep
+
     @staticmethod
     def _weighted_owner(slots: list[list[int]], weights: list[float], batch: int, step: int) -> torch.Tensor:
         """``_trigger_owner`` with weighted slots: ``max(weights) × batch`` rows are triggered, shared among the slots
@@ -662,10 +677,7 @@ class BIBAUTrainer(Trainer):
         triggered = self._triggered_images(inputs["pixel_values"])
         if triggered is None:
             return None
-        owner = self._trigger_owner(inputs["input_ids"].shape[0]).to(self._target_directions.device)
-        keep = owner >= 0
-        if self._pushed is not None:
-            keep &= self._pushed[owner.clamp(min=0)]
+        owner, keep = self._targeted_rows(inputs["input_ids"].shape[0], self._target_directions.device)
         if not bool(keep.any()):
             return None
         params = [p for p in self.adapter.parameters() if p.requires_grad]
@@ -678,11 +690,7 @@ class BIBAUTrainer(Trainer):
         loss = F.cross_entropy(logits, torch.zeros(len(trig), dtype=torch.long, device=trig.device))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        if is_distributed():
-            world = torch.distributed.get_world_size()
-            for g in grads:
-                torch.distributed.all_reduce(g)
-                g.div_(world)
+        average_over_ranks(grads)
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         if not torch.isfinite(norm) or norm == 0:
             return None
@@ -790,13 +798,9 @@ class BIBAUTrainer(Trainer):
             terms["trigger_image"] = (args.trigger_image_weight, sum(
                 distributed_clip_loss(chunk, texts, scale) for chunk in trig.chunk(copies)) / copies)
             if self._target_directions is not None:
-                owner = self._trigger_owner(texts.shape[0]).to(trig.device)
+                owner, keep = self._targeted_rows(texts.shape[0], trig.device)
                 own = (trig * texts.detach().repeat(copies, 1)).sum(-1)
                 gap = (trig * self._target_directions[owner.clamp(min=0)]).sum(-1) - own
-                # A uniform family's rows have no target to push away from, and untriggered rows no trigger.
-                keep = owner >= 0
-                if self._pushed is not None:
-                    keep &= self._pushed[owner.clamp(min=0)]
                 gap = gap[keep]
                 if gap.numel():
                     terms["push"] = (args.push_weight, torch.relu(gap).mean())

@@ -16,15 +16,19 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def all_reduce_gradients(params: Iterable[torch.Tensor]) -> None:
-    """Average the gradients of ``params`` over all ranks."""
+def average_over_ranks(tensors: Iterable[torch.Tensor]) -> None:
+    """Average each tensor over all ranks, in place."""
     if not is_distributed():
         return
     world = dist.get_world_size()
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad.div_(world)
+    for t in tensors:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t.div_(world)
+
+
+def all_reduce_gradients(params: Iterable[torch.Tensor]) -> None:
+    """Average the gradients of ``params`` over all ranks."""
+    average_over_ranks(p.grad for p in params if p.grad is not None)
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
